@@ -1,0 +1,142 @@
+"""Rendering a kernel model to pixels, differentiably.
+
+Two regression functions over the same kernels (SPEC §1):
+
+* ``mode="smoe"``: ``y(x) = sum_j m_j pi_j K_j(x) / sum_i pi_i K_i(x)`` (gating network);
+* ``mode="rbf"``:  ``y(x) = sum_j m_j K_j(x)`` (the GaussianImage model).
+
+Two scopes:
+
+* ``scope="global"``: every kernel acts on every pixel;
+* ``scope="raster"``: 16 x 16 tiles, each kernel listed for the tiles its 99 %
+  box touches (:mod:`smoe.tiles`), gates normalised per tile.
+
+Pixels that no kernel reaches (summed gate weight below ``1e-30``) render as 0.
+In SMoE mode, kernels with ``pi <= 0`` are dead and ignored; RBF ignores ``pi``.
+
+Two implementations stand behind :func:`rasterize`: the fused numba kernel
+(:mod:`smoe.fused_cpu`, used for CPU tensors) and the plain PyTorch reference
+(:mod:`smoe.reference`, used on other devices and as the test oracle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import fused_cpu, reference
+from .model import Model
+from .tiles import TileGrid, active_kernels, bin_kernels
+
+MODES = ("smoe", "rbf")
+SCOPES = ("raster", "global")
+BACKENDS = ("auto", "cpu", "torch")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
+              tile_offset: tuple[int, int] = (0, 0), backend: str = "auto") -> torch.Tensor:
+    """Render raw kernel parameters on the integer pixel raster of an image.
+
+    Parameters
+    ----------
+    mu : (L, 2) tensor
+        Centres ``(x, y)``; pixel (r, c) has its centre at ``(c + 0.5, r + 0.5)``.
+    chol : (L, 3) tensor
+        Precision Cholesky factors ``(b00, b10, b11)``.
+    pi : (L,) tensor
+        Gate weights.
+    experts : (L, C) tensor
+        Constant experts.
+    height, width : int
+        Output size in pixels.
+    mode : {"smoe", "rbf"}
+    scope : {"raster", "global"}
+    tile_offset : (int, int)
+        ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
+    backend : {"auto", "cpu", "torch"}
+        ``"auto"`` picks the fused kernel for CPU tensors and the PyTorch
+        reference otherwise.
+
+    Returns
+    -------
+    (height, width, C) tensor, differentiable with respect to all four inputs.
+    """
+    _check_choice("mode", mode, MODES)
+    _check_choice("scope", scope, SCOPES)
+    _check_choice("backend", backend, BACKENDS)
+    grid = TileGrid(int(height), int(width), tuple(int(o) for o in tile_offset))
+    if backend == "auto":
+        backend = "cpu" if mu.device.type == "cpu" else "torch"
+    if backend == "cpu":
+        if mu.device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got {mu.device}; use backend='torch'")
+        bins = bin_kernels(mu, chol, pi, grid, mode=mode, scope=scope)
+        return fused_cpu.rasterize_cpu(mu, chol, pi, experts, grid, bins, mode=mode)
+    if scope == "global":
+        return reference.rasterize_global(mu, chol, pi, experts, grid.height, grid.width,
+                                          active_kernels(pi, mode), mode=mode)
+    bins = bin_kernels(mu, chol, pi, grid, mode=mode, scope=scope)
+    return reference.rasterize_tiles(mu, chol, pi, experts, grid, bins, mode=mode)
+
+
+def output_size(extent: tuple[int, int], *, scale: float | None = None,
+                size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Output raster ``(height, width)`` for a model fitted on an ``extent`` image.
+
+    Give either a ``scale`` factor (any positive real; sizes round to the nearest
+    pixel, at least 1) or an explicit ``size = (height, width)``; neither means
+    scale 1.
+    """
+    if scale is not None and size is not None:
+        raise ValueError("give either scale or size, not both")
+    if size is not None:
+        h, w = (int(s) for s in size)
+        if h < 1 or w < 1:
+            raise ValueError(f"output size must be positive, got {h}x{w}")
+        return h, w
+    scale = 1.0 if scale is None else float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    return max(1, round(extent[0] * scale)), max(1, round(extent[1] * scale))
+
+
+def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
+           extent: tuple[int, int] | None = None, tile_offset: tuple[int, int] = (0, 0),
+           backend: str = "auto") -> torch.Tensor:
+    """Render a model on a ``height x width`` pixel raster.
+
+    Parameters
+    ----------
+    model : Model
+    height, width : int
+        Output size in pixels.
+    mode, scope, tile_offset, backend
+        As in :func:`rasterize`.
+    extent : (int, int), optional
+        ``(height, width)`` of the image the model was fitted on.  The output
+        raster covers that same area, so ``extent=(h, w)`` with an output of
+        ``(2h, 2w)`` renders at twice the resolution (super-resolution).
+        Defaults to the output size (scale 1).  Tiles are always 16 x 16
+        *output* pixels.
+
+    Returns
+    -------
+    (height, width, C) tensor.
+    """
+    if extent is not None and tuple(extent) != (height, width):
+        model = model.rescaled(width / extent[1], height / extent[0])
+    return rasterize(model.mu, model.chol, model.pi, model.experts, height, width, mode=mode, scope=scope,
+                     tile_offset=tile_offset, backend=backend)
+
+
+def kernels_per_tile(model: Model, height: int, width: int, *, mode: str = "smoe",
+                     tile_offset: tuple[int, int] = (0, 0)) -> float:
+    """Average number of kernels listed per 16 x 16 tile (R Table I, "Avg. kernel")."""
+    grid = TileGrid(int(height), int(width), tuple(tile_offset))
+    return bin_kernels(model.mu, model.chol, model.pi, grid, mode=mode).mean_kernels_per_tile()

@@ -1,0 +1,193 @@
+"""The fused CPU rasterizer against the PyTorch reference, and both against finite differences."""
+
+import itertools
+
+import pytest
+import torch
+
+import smoe
+from smoe import Model
+from smoe.tiles import TileGrid, bin_kernels
+
+from conftest import random_model
+
+MODES = ("smoe", "rbf")
+SCOPES = ("raster", "global")
+
+
+def render_both(model, h, w, **kw):
+    return [smoe.render(model, h, w, backend=b, **kw) for b in ("cpu", "torch")]
+
+
+def grads(model, h, w, backend, weight, **kw):
+    params = [t.detach().clone().requires_grad_() for t in (model.mu, model.chol, model.pi, model.experts)]
+    out = smoe.rasterize(*params, h, w, backend=backend, **kw)
+    (out * weight).sum().backward()
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+@pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (5, 70)])
+def test_forward_parity(mode, scope, channels, size):
+    h, w = size
+    model = random_model(60, h, w, channels=channels, margin=0.2)
+    fast, ref = render_both(model, h, w, mode=mode, scope=scope)
+    assert fast.shape == (h, w, channels)
+    assert torch.isfinite(fast).all()
+    assert (fast - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (3, 11), (15, 1)])
+def test_tile_offset_parity_and_effect(offset):
+    model = random_model(80, 45, 61, scale=(0.05, 0.3))
+    fast, ref = render_both(model, 45, 61, tile_offset=offset)
+    assert (fast - ref).abs().max() < 1e-5
+    # Tiles truncate each kernel's reach, so moving the grid changes the image a little.
+    if offset != (0, 0):
+        base = smoe.render(model, 45, 61)
+        assert 0 < (fast - base).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gradient_parity_float32(mode, scope, channels):
+    h, w = 35, 42
+    model = random_model(50, h, w, channels=channels, margin=0.1)
+    weight = torch.randn(h, w, channels, generator=torch.Generator().manual_seed(5))
+    fast = grads(model, h, w, "cpu", weight, mode=mode, scope=scope)
+    ref = grads(model, h, w, "torch", weight, mode=mode, scope=scope)
+    for name, a, b in zip(("mu", "chol", "pi", "experts"), fast, ref):
+        scale = b.abs().max().clamp(min=1e-12)
+        assert (a - b).abs().max() / scale < 1e-4, name
+
+
+def finite_difference(model, h, w, backend, weight, eps=1e-6, **kw):
+    base = [t.detach().clone() for t in (model.mu, model.chol, model.pi, model.experts)]
+    out = []
+    for i, t in enumerate(base):
+        g = torch.zeros_like(t)
+        flat = t.view(-1)
+        for k in range(flat.numel()):
+            vals = []
+            for step in (eps, -eps):
+                flat[k] += step
+                vals.append((smoe.rasterize(*base, h, w, backend=backend, **kw) * weight).sum())
+                flat[k] -= step
+            g.view(-1)[k] = (vals[0] - vals[1]) / (2 * eps)
+        out.append(g)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
+def test_gradients_match_finite_differences_float64(backend, mode, scope):
+    h, w = 20, 23
+    model = random_model(6, h, w, channels=3, dtype=torch.float64, scale=(0.15, 0.4), seed=3)
+    weight = torch.randn(h, w, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    analytic = grads(model, h, w, backend, weight, mode=mode, scope=scope)
+    numeric = finite_difference(model, h, w, backend, weight, mode=mode, scope=scope)
+    for name, a, n in zip(("mu", "chol", "pi", "experts"), analytic, numeric):
+        if mode == "rbf" and name == "pi":
+            assert (a == 0).all() and n.abs().max() == 0
+            continue
+        assert (a - n).abs().max() / n.abs().max() < 1e-6, name
+
+
+def test_kernels_outside_image_and_unreached_pixels():
+    # One kernel well inside, one partly outside, one far outside: pixels no kernel
+    # reaches are 0 and never NaN.
+    model = Model([[5.0, 5.0], [-2.0, 30.0], [500.0, 500.0]], [[1.0, 0.0, 1.0]] * 3, [1.0, 1.0, 1.0],
+                  [[0.2, 0.4, 0.6], [0.9, 0.1, 0.5], [1.0, 1.0, 1.0]])
+    for mode, scope in itertools.product(MODES, SCOPES):
+        fast, ref = render_both(model, 40, 40, mode=mode, scope=scope)
+        assert torch.isfinite(fast).all() and torch.isfinite(ref).all()
+        assert (fast - ref).abs().max() < 1e-5
+        assert fast[20, 20].abs().max() == 0  # beyond every kernel's reach (raster) or underflowed (global)
+    smoe_img = smoe.render(model, 40, 40)
+    assert torch.allclose(smoe_img[4, 4], torch.tensor([0.2, 0.4, 0.6]), atol=1e-6)
+
+
+def test_elongated_and_tiny_kernels():
+    # Needle-like kernels (axis ratio 1000) and sub-pixel kernels.
+    mu = [[20.0, 20.0], [10.5, 30.5], [33.3, 7.7]]
+    chol = [[5.0, 0.0, 0.005], [0.004, 2.0, 3.0], [20.0, 0.0, 20.0]]
+    model = Model(mu, chol, [1.0, 0.5, 2.0], [[1.0], [0.5], [0.25]])
+    for mode, scope in itertools.product(MODES, SCOPES):
+        fast, ref = render_both(model, 41, 47, mode=mode, scope=scope)
+        assert (fast - ref).abs().max() < 1e-5
+    weight = torch.randn(41, 47, 1, generator=torch.Generator().manual_seed(0))
+    a = grads(model, 41, 47, "cpu", weight)
+    b = grads(model, 41, 47, "torch", weight)
+    for x, y in zip(a, b):
+        assert (x - y).abs().max() <= 1e-4 * y.abs().max().clamp(min=1e-12)
+
+
+@pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
+def test_empty_model(mode, scope):
+    model = Model.empty(channels=3)
+    fast, ref = render_both(model, 19, 21, mode=mode, scope=scope)
+    assert fast.shape == (19, 21, 3) and (fast == 0).all() and (ref == 0).all()
+
+
+def test_pruned_kernels_are_ignored_in_smoe():
+    model = random_model(40, 30, 30, seed=4)
+    pi = model.pi.clone()
+    pi[::3] = -0.5
+    pi[1] = 0.0
+    dead = Model(model.mu, model.chol, pi, model.experts)
+    for scope in SCOPES:
+        img = smoe.render(dead, 30, 30, scope=scope)
+        assert torch.equal(img, smoe.render(dead.pruned(), 30, 30, scope=scope))
+        ref = smoe.render(dead, 30, 30, scope=scope, backend="torch")
+        assert (img - ref).abs().max() < 1e-5
+    weight = torch.ones(30, 30, 3)
+    g = grads(dead, 30, 30, "cpu", weight)
+    assert (g[2][pi <= 0] == 0).all() and (g[0][pi <= 0] == 0).all()
+
+
+def test_global_scope_is_the_untruncated_mixture():
+    # With kernels far larger than the image, raster and global agree: every kernel reaches every tile.
+    model = random_model(10, 32, 48, scale=(0.01, 0.02))
+    assert torch.allclose(smoe.render(model, 32, 48, scope="raster"), smoe.render(model, 32, 48, scope="global"),
+                          atol=1e-6)
+
+
+def test_render_at_other_resolution():
+    model = random_model(30, 24, 32, scale=(0.2, 0.4), seed=7)
+    base = smoe.render(model, 24, 32, scope="global")
+    same = smoe.render(model, 24, 32, extent=(24, 32), scope="global")
+    assert torch.equal(base, same)
+    big = smoe.render(model, 48, 64, extent=(24, 32), scope="global")
+    # The centre of every 2x2 block of the big raster is the old pixel centre: the
+    # mean of the four samples approximates the old pixel value.
+    pooled = big.reshape(24, 2, 32, 2, 3).mean((1, 3))
+    assert (pooled - base).abs().mean() < 0.01
+    # An explicit stretch to the new raster gives the same picture.
+    stretched = smoe.render(model.rescaled(2.0, 2.0), 48, 64, scope="global")
+    assert torch.allclose(big, stretched)
+    assert smoe.output_size((24, 32), scale=2.5) == (60, 80)
+
+
+def test_bad_arguments():
+    model = random_model(5, 10, 10)
+    with pytest.raises(ValueError, match="mode"):
+        smoe.render(model, 10, 10, mode="gauss")
+    with pytest.raises(ValueError, match="scope"):
+        smoe.render(model, 10, 10, scope="tiles")
+    with pytest.raises(ValueError, match="tile offset"):
+        smoe.render(model, 10, 10, tile_offset=(16, 0))
+    with pytest.raises(ValueError, match="image size"):
+        smoe.render(model, 0, 10)
+    with pytest.raises(ValueError, match="scale"):
+        smoe.output_size((10, 10), scale=-1)
+
+
+def test_binning_lists_every_touched_tile():
+    model = Model([[8.0, 8.0], [31.9, 0.5]], [[0.5, 0.0, 0.5], [1.0, 0.0, 0.25]], [1.0, 1.0], [[1.0], [1.0]])
+    bins = bin_kernels(model.mu, model.chol, model.pi, TileGrid(40, 50))
+    per_tile = [bins.ids[s:e].tolist() for s, e in zip(bins.starts.tolist(), bins.ends.tolist())]
+    # Kernel 0: radius sqrt(9.21)/0.5 = 6.07 around (8, 8) stays inside tile 0.
+    assert [t for t, ids in enumerate(per_tile) if 0 in ids] == [0]
+    # Kernel 1: radius sqrt(9.21)/0.25 = 12.1 around (31.9, 0.5): columns 19.8..44 -> tiles 1, 2; row tile 0.
+    assert [t for t, ids in enumerate(per_tile) if 1 in ids] == [1, 2]
