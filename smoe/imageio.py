@@ -1,0 +1,547 @@
+"""Reading and writing image files, and writing any file atomically.
+
+Images live in memory as float32 arrays in ``[0, 1]``: ``(H, W)`` for grey,
+``(H, W, 3)`` for RGB.  Files are decoded with Pillow (PNG, JPEG, TIFF, BMP and
+whatever else Pillow reads), 8 or 16 bits per sample; 16-bit samples are
+divided by 65535, 8-bit ones by 255.
+
+Pillow keeps 16-bit *colour* images only at 8 bits per sample, so this module
+recovers the full 16 bits of RGB/RGBA PNG and TIFF files itself (see
+:func:`_decode_wide`) and writes 16-bit PNG and TIFF files with small encoders of
+its own.
+
+Converting colour to grey uses the ITU-R BT.601 luma weights
+``Y = 0.299 R + 0.587 G + 0.114 B`` (the weights of JPEG and of Pillow's ``"L"``
+conversion), applied to the float samples.
+
+Every file the project writes goes through :func:`atomic_write`: readers
+never see a half-written file, and a failed write leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import io
+import os
+import re
+import secrets
+import stat
+import struct
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "ImageError",
+    "read_image",
+    "write_image",
+    "atomic_write",
+    "atomic_write_bytes",
+    "default_image_path",
+    "to_grey",
+    "LUMA_BT601",
+]
+
+#: ITU-R BT.601 luma weights for R, G, B.
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+#: File suffix -> Pillow format name, for writing.
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+_FORMATS_16 = ("PNG", "TIFF")
+_EXIF_ORIENTATION = 0x0112
+
+# EXIF orientation -> operation that turns the stored pixels upright, the
+# same table as PIL.ImageOps.exif_transpose, written for NumPy arrays so that
+# the 16-bit path can use it too.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],                      # mirror left-right
+    3: lambda a: a[::-1, ::-1],                   # turn 180 degrees
+    4: lambda a: a[::-1],                         # mirror top-bottom
+    5: lambda a: a.swapaxes(0, 1),                # transpose
+    6: lambda a: np.rot90(a, -1),                 # turn 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),    # transpose about the anti-diagonal
+    8: lambda a: np.rot90(a, 1),                  # turn 90 degrees counter-clockwise
+}
+
+
+class ImageError(ValueError):
+    """An image file cannot be read or written; the message says why."""
+
+
+# ===================================================================== reading
+def read_image(path, *, mode: str | None = None) -> np.ndarray:
+    """Read an image file as float32 samples in ``[0, 1]``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any format Pillow decodes (PNG, JPEG, TIFF, BMP, ...), 8 or 16 bits per
+        sample.  An EXIF orientation tag is applied, so the array is upright.
+    mode : {None, "grey", "rgb"}
+        ``None`` keeps the file's colour type; ``"grey"`` converts colour with
+        the BT.601 luma weights; ``"rgb"`` repeats a grey channel three times.
+
+    Returns
+    -------
+    (H, W) float32 array for grey, (H, W, 3) float32 array for colour.  An
+    alpha channel is dropped with a warning; palette images become RGB (or grey
+    when the palette is grey).
+
+    Raises
+    ------
+    ImageError
+        Missing, empty, truncated, corrupt or non-image file; image with no
+        pixels; floating-point image with non-finite samples.
+    """
+    if mode not in (None, "grey", "rgb"):
+        raise ValueError(f"mode must be None, 'grey' or 'rgb', got {mode!r}")
+    path = Path(path)
+    data = _read_bytes(path)
+    image = _decode(data, path)
+    if mode == "grey" and image.ndim == 3:
+        image = to_grey(image)
+    elif mode == "rgb" and image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colour -> (H, W) grey with the ITU-R BT.601 luma weights."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"to_grey needs an (H, W, 3) array, got shape {image.shape}")
+    weights = np.asarray(LUMA_BT601, dtype=np.float64)
+    return (image.astype(np.float64) @ weights).astype(np.float32)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ImageError(f"no such file: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file")
+    data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{path}: empty file (0 bytes), not an image")
+    return data
+
+
+def _open(data: bytes, path: Path) -> Image.Image:
+    """Open (not yet decode) an image, turning Pillow's errors into ImageError."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: image too large to decode safely ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(
+            f"{path}: not an image file Pillow can read (unknown format, broken header or 0 pixels)"
+        ) from exc
+    except Exception as exc:  # Pillow reports broken headers through many exception types
+        raise ImageError(f"{path}: corrupt image header ({_one_line(exc)})") from exc
+
+
+def _load(image: Image.Image, path: Path) -> None:
+    """Decode all pixel data; a truncated or corrupt stream raises ImageError.
+
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, so Pillow refuses partial
+    data instead of padding it with grey.
+    """
+    try:
+        image.load()
+    except Exception as exc:  # OSError for truncation, others for corrupt streams
+        raise ImageError(f"{path}: truncated or corrupt image data ({_one_line(exc)})") from exc
+
+
+def _decode(data: bytes, path: Path) -> np.ndarray:
+    """Bytes of an image file -> (H, W) or (H, W, 3) float array in [0, 1], upright."""
+    image = _open(data, path)
+    if image.width * image.height == 0:
+        raise ImageError(f"{path}: empty image ({image.width}x{image.height}, 0 pixels)")
+    # Before anything else touches `image`: reading EXIF may decode a PNG,
+    # which empties the tile list that _decode_wide inspects.
+    samples, fallback = _decode_wide(data, image)
+    if samples is None:
+        samples = _decode_pillow(image, path)
+        if fallback:
+            warnings.warn(f"{path}: {fallback}", stacklevel=3)
+    orientation = _orientation(image)
+    if getattr(image, "n_frames", 1) > 1:
+        warnings.warn(f"{path}: file holds {image.n_frames} frames; only the first is used", stacklevel=3)
+    if samples.ndim == 3 and samples.shape[2] in (2, 4):
+        warnings.warn(f"{path}: alpha channel dropped (smoe models colour only)", stacklevel=3)
+        samples = samples[:, :, :-1]
+    if samples.ndim == 3 and samples.shape[2] == 1:
+        samples = samples[:, :, 0]
+    if orientation in _UPRIGHT:
+        samples = _UPRIGHT[orientation](samples)
+    if not np.all(np.isfinite(samples)):
+        raise ImageError(f"{path}: image has non-finite (NaN or infinite) samples")
+    return samples
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block should not make the pixels unreadable
+        return 1
+
+
+def _decode_pillow(image: Image.Image, path: Path) -> np.ndarray:
+    """Decode with Pillow's own conversions; returns float samples in [0, 1]."""
+    image = _canonical_mode(image, path)
+    mode = image.mode
+    if mode.startswith("I;16"):
+        # Pillow may hand back big-endian samples ("I;16B"); the cast fixes the byte order.
+        return np.asarray(image).astype(np.float32) / 65535.0
+    if mode == "I":
+        # 32-bit integer container; Pillow uses it for 16-bit grey data.
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageError(f"{path}: integer samples outside 0..65535 are not supported; save 8 or 16 bits")
+        return values.astype(np.float32) / 65535.0
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            raise ImageError(f"{path}: image has non-finite (NaN or infinite) samples")
+        if values.size and (values.min() < 0 or values.max() > 1):
+            warnings.warn(f"{path}: floating-point samples outside [0, 1] were clipped", stacklevel=4)
+            values = np.clip(values, 0.0, 1.0)
+        return values
+    return np.asarray(image).astype(np.float32) / 255.0
+
+
+def _canonical_mode(image: Image.Image, path: Path) -> Image.Image:
+    """Decode and bring the image to one of L, LA, RGB, RGBA, I;16*, I, F."""
+    _load(image, path)
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "I", "F") or mode.startswith("I;16"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        if "transparency" in image.info:
+            return image.convert("RGBA")
+        return image.convert("L") if _grey_palette(image) else image.convert("RGB")
+    if mode in ("PA", "RGBa", "RGBX"):
+        return image.convert("RGBA" if mode != "RGBX" else "RGB")
+    if mode == "La":
+        return image.convert("LA")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def _grey_palette(image: Image.Image) -> bool:
+    """True when every palette entry the image uses has R = G = B."""
+    palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(np.asarray(image))
+    used = used[used < len(palette)]
+    entries = palette[used]
+    return bool(np.all(entries == entries[:, :1]))
+
+
+_WIDE_RAWMODE = re.compile(r"(RGB|RGBA|RGBX|LA);16([BLN])")
+
+
+def _decode_wide(data: bytes, image: Image.Image) -> tuple[np.ndarray | None, str | None]:
+    """Full-precision decode of 16-bit colour (and grey+alpha) images.
+
+    Pillow decodes such files to 8-bit modes, keeping only the high byte of each
+    sample.  Its decoders can still deliver the low byte: the unpacker for a
+    big-endian rawmode (``"RGB;16B"``) keeps the first byte of each sample, the
+    little-endian one (``"RGB;16L"``) the second, and both see the same
+    bytes-per-pixel, so the PNG/TIFF filters undo correctly.  Decoding twice and
+    joining the bytes gives the 16-bit samples.  Grey+alpha (``"LA;16B"``, 4
+    bytes a pixel) decodes exactly through the plain 8-bit ``"RGBA"`` rawmode.
+
+    Returns
+    -------
+    (samples, None)
+        Float samples in [0, 1] for such a file.
+    (None, None)
+        Not such a file; Pillow's own decode is the right one.
+    (None, reason)
+        Such a file, but the trick failed (a truncated file, or Pillow
+        internals other than expected); Pillow's own 8-bit decode should be
+        used, and ``reason`` reported if that one succeeds.
+    """
+    rawmodes = {_rawmode(tile) for tile in image.tile}
+    match = _WIDE_RAWMODE.fullmatch(rawmodes.pop() or "") if len(rawmodes) == 1 else None
+    if match is None:
+        return None, None
+    kind, order = match.groups()
+    try:
+        if kind == "LA":
+            raw = _decode_with_rawmode(data, "RGBA").astype(np.uint16)
+            words = raw[:, :, 0::2] * 256 + raw[:, :, 1::2]
+        else:
+            first = _decode_with_rawmode(data, f"{kind};16B").astype(np.uint16)
+            second = _decode_with_rawmode(data, f"{kind};16L").astype(np.uint16)
+            if order == "N":  # libtiff hands over samples in the machine's byte order
+                order = "L" if sys.byteorder == "little" else "B"
+            high, low = (first, second) if order == "B" else (second, first)
+            words = (high * 256 + low)[:, :, :3 if kind == "RGBX" else None]
+    except Exception as exc:  # any failure: let Pillow's plain decode decide
+        return None, f"16-bit colour decoded at 8-bit precision ({_one_line(exc)})"
+    return words.astype(np.float32) / 65535.0, None
+
+
+def _rawmode(tile) -> str | None:
+    args = tile.args
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _decode_with_rawmode(data: bytes, rawmode: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    tiles = []
+    for tile in image.tile:
+        args = rawmode if isinstance(tile.args, str) else (rawmode, *tile.args[1:])
+        tiles.append(tile._replace(args=args))
+    image.tile = tiles
+    image.load()
+    return np.asarray(image)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# ===================================================================== writing
+def write_image(path, image, *, bits: int = 8) -> None:
+    """Write an image file; the format follows the suffix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.png``, ``.jpg``/``.jpeg``, ``.tif``/``.tiff`` or ``.bmp``.
+    image : (H, W), (H, W, 1) or (H, W, 3) array (or CPU tensor)
+        Float samples; values are clipped to ``[0, 1]`` and rounded to the
+        nearest code.
+    bits : {8, 16}
+        16 bits per sample is available for PNG and TIFF.  JPEG is written at
+        quality 95 without chroma subsampling.
+
+    The file is written atomically (:func:`atomic_write`).
+
+    Raises
+    ------
+    ImageError
+        Unknown suffix, unsupported bit depth, bad shape, empty or non-finite image.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(
+            f"{path}: unknown image suffix {path.suffix!r}; use one of {', '.join(sorted(_FORMATS))}"
+        )
+    if bits not in (8, 16):
+        raise ImageError(f"bits must be 8 or 16, got {bits!r}")
+    if bits == 16 and fmt not in _FORMATS_16:
+        raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {path.suffix!r}")
+    codes = _quantize(_as_hwc(image, path), bits)
+    if bits == 16:
+        encoded = _png16(codes) if fmt == "PNG" else _tiff16(codes)
+    else:
+        encoded = _pillow_encode(codes, fmt)
+    atomic_write_bytes(path, encoded)
+
+
+def _as_hwc(image, path: Path) -> np.ndarray:
+    """Validate and reshape to (H, W, C) float64 with C in {1, 3}."""
+    if hasattr(image, "detach"):  # a torch tensor; avoid importing torch here
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ImageError(f"{path}: image must have shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+    if image.shape[0] * image.shape[1] == 0:
+        raise ImageError(f"{path}: cannot write an empty image of shape {image.shape}")
+    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        raise ImageError(f"{path}: image must hold real numbers, got dtype {image.dtype}")
+    image = image.astype(np.float64)
+    if not np.all(np.isfinite(image)):
+        raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
+    return image
+
+
+def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
+    top = (1 << bits) - 1
+    codes = np.rint(np.clip(image, 0.0, 1.0) * top)
+    return codes.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
+    pixels = codes[:, :, 0] if codes.shape[2] == 1 else codes
+    options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _png16(codes: np.ndarray) -> bytes:
+    """(H, W, C) uint16, C in {1, 3} -> bytes of a 16-bit PNG (Pillow cannot write 16-bit RGB)."""
+    h, w, c = codes.shape
+    rows = codes.astype(">u2").reshape(h, w * c).view(np.uint8)
+    # "Sub" filter on every row: each byte minus the same byte of the previous
+    # pixel; smooth images compress far better than with no filter.
+    step = 2 * c
+    filtered = rows.copy()
+    filtered[:, step:] = rows[:, step:] - rows[:, :-step]  # uint8 arithmetic wraps mod 256, as PNG wants
+    scanlines = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
+    colour_type = 0 if c == 1 else 2
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _tiff16(codes: np.ndarray) -> bytes:
+    """(H, W, C) uint16, C in {1, 3} -> bytes of an uncompressed little-endian baseline TIFF."""
+    h, w, c = codes.shape
+    pixels = codes.astype("<u2").tobytes()
+    if len(pixels) >= 2**32 - 4096:
+        raise ImageError(f"image of {h}x{w}x{c} is too large for a 16-bit TIFF; write a PNG")
+    short, long_, rational = 3, 4, 5
+    n_tags = 13
+    extra_at = 8 + 2 + 12 * n_tags + 4
+    bits_at = extra_at                      # BitsPerSample array when C > 2
+    resolution_at = bits_at + 2 * c         # two RATIONALs of 72/1
+    data_at = resolution_at + 16
+    bits_value = struct.pack("<H", 16) * c if c <= 2 else struct.pack("<I", bits_at)
+    tags = [
+        (256, long_, 1, struct.pack("<I", w)),
+        (257, long_, 1, struct.pack("<I", h)),
+        (258, short, c, bits_value),
+        (259, short, 1, struct.pack("<H", 1)),                   # no compression
+        (262, short, 1, struct.pack("<H", 1 if c == 1 else 2)),  # BlackIsZero / RGB
+        (273, long_, 1, struct.pack("<I", data_at)),
+        (277, short, 1, struct.pack("<H", c)),
+        (278, long_, 1, struct.pack("<I", h)),                   # one strip
+        (279, long_, 1, struct.pack("<I", len(pixels))),
+        (282, rational, 1, struct.pack("<I", resolution_at)),
+        (283, rational, 1, struct.pack("<I", resolution_at + 8)),
+        (284, short, 1, struct.pack("<H", 1)),                   # interleaved samples
+        (296, short, 1, struct.pack("<H", 1)),                   # no absolute unit
+    ]
+    assert len(tags) == n_tags
+    ifd = struct.pack("<H", n_tags) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0") for tag, kind, count, value in tags
+    ) + struct.pack("<I", 0)
+    extra = struct.pack("<H", 16) * c + struct.pack("<IIII", 72, 1, 72, 1)
+    out = b"II*\0" + struct.pack("<I", 8) + ifd + extra
+    assert len(out) == data_at
+    return out + pixels
+
+
+# ============================================================ atomic writing
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
+    """Open a file for writing so that it appears complete or not at all.
+
+    The body writes to a temporary file in the target's directory; on success
+    the data is flushed, fsync'ed and moved over ``path`` with ``os.replace``
+    (atomic on POSIX and Windows).  If the body raises, the temporary file is
+    removed and an existing ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    mode : {"wb", "w"}
+        Binary or text.
+    encoding : str, optional
+        Text encoding for ``mode="w"``; UTF-8 by default.
+
+    Yields
+    ------
+    The open file object.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write supports mode 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    tmp, fd = _create_temp(path)
+    try:
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _copy_permissions(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    # os.open with mode 0o666 lets the umask decide the permissions, exactly as
+    # for a file created with open(); tempfile.mkstemp would force 0o600.
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
+
+def _copy_permissions(target: Path, tmp: Path) -> None:
+    """Keep the mode bits of a file being replaced."""
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; not possible (nor needed) on every platform."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ================================================================ demo image
+def default_image_path() -> Path:
+    """Path of the bundled demo image (``smoe/data/default.png``).
+
+    Kodak image 23 (the parrots) halved to 384 x 256 RGB; its origin is in
+    ``smoe/data/README.md``.
+    """
+    resource = importlib.resources.files("smoe").joinpath("data", "default.png")
+    path = Path(str(resource))
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled demo image not found at {path}; reinstall smoe")
+    return path
