@@ -1,0 +1,54 @@
+"""Initializers: where the kernels start before gradient descent (AS paper, Table II).
+
+An initializer is a function ``init(image, n_kernels, *, rng, **options) -> Model``
+taking a float image of shape (H, W, C) in [0, 1], a kernel budget and a
+``numpy.random.Generator``.  Each lives in its own module and registers itself
+under a name with :func:`register`; :func:`smoe.fit` looks it up by that name,
+so adding an initializer never touches the fitting code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..model import Model
+
+_REGISTRY: dict[str, Callable[..., Model]] = {}
+
+
+def register(name: str):
+    """Decorator that makes an initializer available to :func:`initialize` under ``name``."""
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def available() -> list[str]:
+    """Names of the registered initializers."""
+    return sorted(_REGISTRY)
+
+
+def initialize(name: str, image: np.ndarray, n_kernels: int, *, seed: int = 0, **options) -> Model:
+    """Run the initializer ``name`` on a (H, W, C) image with a budget of ``n_kernels``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(available())}")
+    return _REGISTRY[name](image, n_kernels, rng=np.random.default_rng(seed), **options)
+
+
+def round_kernels(centres: np.ndarray, sigma, image: np.ndarray) -> Model:
+    """Round kernels of standard deviation ``sigma`` px at ``centres`` (n, 2), pi = 1,
+    experts sampled from the image at the pixel under each centre."""
+    h, w, _ = image.shape
+    n = centres.shape[0]
+    inv = 1.0 / np.broadcast_to(np.asarray(sigma, np.float32), (n,))
+    chol = np.stack([inv, np.zeros(n, np.float32), inv], 1)
+    cols = np.clip(centres[:, 0].astype(int), 0, w - 1)
+    rows = np.clip(centres[:, 1].astype(int), 0, h - 1)
+    return Model(centres.astype(np.float32), chol, np.ones(n, np.float32), image[rows, cols].astype(np.float32))
+
+
+# Built-in initializers register themselves on import.
+from . import grid, random  # noqa: E402,F401

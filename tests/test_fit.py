@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+
+import smoe
+from smoe.fit import fit
+from smoe.initializers import available, initialize
+
+
+def blobs_image(h=40, w=52, channels=3, seed=0):
+    """Smooth blobs plus one sharp edge: something a few dozen kernels can learn."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    img = np.zeros((h, w, channels), np.float32)
+    for _ in range(4):
+        cx, cy, s = g.uniform(0, w), g.uniform(0, h), g.uniform(4, 10)
+        img += g.uniform(0.1, 0.4, channels) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))[..., None]
+    img[:, : w // 3] += 0.3
+    return np.clip(img, 0, 1)
+
+
+@pytest.mark.parametrize("mode,scope", [("smoe", "raster"), ("rbf", "raster"), ("smoe", "global")])
+def test_psnr_rises(mode, scope):
+    img = blobs_image()
+    res = fit(img, 60, mode=mode, scope=scope, iters=60, log_every=10)
+    psnrs = [r["psnr"] for r in res.history]
+    assert psnrs[-1] > psnrs[0] + 2
+    assert res.stop_reason == "iterations" and res.settings["iterations"] == 60
+    recon = smoe.render(res.model, 40, 52, mode=mode, scope=scope).numpy()
+    assert abs(smoe.metrics.psnr(img, recon) - res.final_psnr) < 1e-3
+
+
+@pytest.mark.parametrize("shape", [(33, 47), (33, 47, 1)])
+def test_grey_and_odd_sizes(shape):
+    img = blobs_image(33, 47, 1).reshape(shape)
+    res = fit(img, 40, iters=30)
+    assert res.model.channels == 1
+    assert res.final_psnr > 15
+
+
+def test_l1_sparsity_prunes_kernels():
+    img = blobs_image()
+    dense = fit(img, 150, iters=300, lam=0.0)
+    sparse = fit(img, 150, iters=300, lam=1e-4, lr_pi=0.01, prune_every=50)
+    assert len(dense.model) == 150
+    assert len(sparse.model) < 150
+    assert (sparse.model.pi > 0).all()
+    assert sparse.history[-1]["kernels"] == len(sparse.model)
+    kernels = [r["kernels"] for r in sparse.history]
+    assert kernels == sorted(kernels, reverse=True)
+
+
+def test_same_seed_same_result_and_seed_matters():
+    img = blobs_image()
+    a = fit(img, 50, iters=20, seed=3)
+    b = fit(img, 50, iters=20, seed=3)
+    c = fit(img, 50, iters=20, seed=4)
+    for name in ("mu", "chol", "pi", "experts"):
+        assert torch.equal(getattr(a.model, name), getattr(b.model, name))
+    assert not torch.equal(a.model.mu, c.model.mu)
+
+
+def test_stopping_rules():
+    img = blobs_image()
+    early = fit(img, 60, iters=300, target_psnr=20.0)
+    assert early.stop_reason == "target_psnr" and early.settings["iterations"] < 300
+    plateau = fit(img, 60, iters=400, tol=0.05, log_every=10)
+    assert plateau.stop_reason == "plateau" and plateau.settings["iterations"] < 400
+    budget = fit(img, 60, iters=100000, time_budget=0.5)
+    assert budget.stop_reason == "time_budget"
+
+
+def test_initializers():
+    img = blobs_image()
+    assert {"random", "grid"} <= set(available())
+    grid = initialize("grid", img, 48)
+    assert abs(len(grid) - 48) <= 8
+    sig = np.sqrt(np.linalg.eigvalsh(grid.covariance.numpy()))
+    assert np.allclose(sig, sig.flat[0])  # round, shared bandwidth
+    rnd = initialize("random", img, 48, seed=1)
+    assert len(rnd) == 48 and np.allclose(1 / rnd.chol[:, 0].numpy(), 5.0)
+    # Experts are the image values under the centres.
+    c = rnd.mu.numpy().astype(int)
+    assert np.allclose(rnd.experts.numpy(), img[c[:, 1], c[:, 0]])
+    res = fit(img, 48, init="grid", iters=5)
+    assert res.init_kernels == len(grid)
+
+
+def test_fit_from_model_and_callback():
+    img = blobs_image()
+    start = initialize("random", img, 30)
+    seen = []
+    res = fit(img, init=start, iters=20, log_every=5, callback=seen.append)
+    assert [r["iteration"] for r in seen] == [5, 10, 15, 20]
+    assert res.settings["init"] == "model"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"n_kernels": 0}, "n_kernels"),
+    ({"n_kernels": 40 * 52 + 1}, "n_kernels"),
+    ({"iters": 0}, "iters"),
+    ({"lr_mu": float("nan")}, "lr_mu"),
+    ({"lam": -1.0}, "lam"),
+    ({"mode": "rbf", "lam": 1e-3}, "L1 sparsity"),
+    ({"init": "nope"}, "unknown initializer"),
+    ({"target_psnr": float("inf")}, "target_psnr"),
+    ({"mode": "x"}, "mode"),
+])
+def test_bad_arguments(kwargs, message):
+    kwargs = {"n_kernels": 20, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        fit(blobs_image(), **kwargs)
+
+
+@pytest.mark.parametrize("image,message", [
+    (np.full((10, 10), np.nan), "NaN"),
+    (np.zeros((10, 10, 2)), "shape"),
+    (np.zeros((0, 10)), "empty"),
+])
+def test_bad_images(image, message):
+    with pytest.raises(ValueError, match=message):
+        fit(image, 5)
