@@ -149,7 +149,7 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="it", dynamic_ncols=True, leave=True)
 
 
-def fit(image, n_kernels: int = 2000, *, mode: str = "smoe", scope: str = "raster", init: str | Model = "random",
+def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str = "raster", init: str | Model = "random",
         seed: int = 0, tile_offset: tuple[int, int] = (0, 0), backend: str = "auto", quiet: bool = True,
         init_options: dict | None = None, callback=None, **settings) -> FitResult:
     """Fit a kernel model to an image.
@@ -158,8 +158,10 @@ def fit(image, n_kernels: int = 2000, *, mode: str = "smoe", scope: str = "raste
     ----------
     image : (H, W) or (H, W, C) array
         Float image in [0, 1], C = 1 or 3.
-    n_kernels : int
-        Kernel budget handed to the initializer (``L_init``).
+    n_kernels : int or None
+        Kernel budget handed to the initializer (``L_init``).  None lets
+        initializers that choose their own count (``"adaptive"``) do so; the
+        others then raise.
     mode : {"smoe", "rbf"}
         Regression function.  L1 sparsity and pruning act on the SMoE gates;
         RBF has no gates, so ``lam`` must be 0 there.
@@ -199,9 +201,10 @@ def fit(image, n_kernels: int = 2000, *, mode: str = "smoe", scope: str = "raste
     if isinstance(init, Model):
         start = init
     else:
-        if not (isinstance(n_kernels, (int, np.integer)) and 1 <= n_kernels <= h * w):
+        if n_kernels is not None and not (isinstance(n_kernels, (int, np.integer)) and 1 <= n_kernels <= h * w):
             raise ValueError(f"n_kernels must be an integer between 1 and the pixel count {h * w}, got {n_kernels}")
-        start = initialize(init, img, int(n_kernels), seed=seed, **(init_options or {}))
+        start = initialize(init, img, None if n_kernels is None else int(n_kernels), seed=seed,
+                           **(init_options or {}))
     if start.channels != c:
         raise ValueError(f"initial model has {start.channels} channels but the image has {c}")
     init_seconds = time.perf_counter() - t0
@@ -277,6 +280,6 @@ def fit(image, n_kernels: int = 2000, *, mode: str = "smoe", scope: str = "raste
     history[-1]["psnr"] = psnr_from_mse(float(torch.mean((final - target) ** 2)))
     history[-1]["kernels"] = len(model)
     used = {"mode": mode, "scope": scope, "init": init if isinstance(init, str) else "model",
-            "n_kernels": int(n_kernels), "seed": seed, "tile_offset": list(tile_offset),
+            "n_kernels": None if n_kernels is None else int(n_kernels), "seed": seed, "tile_offset": list(tile_offset),
             "iterations": it, **cfg.__dict__}
     return FitResult(model, history, used, len(start), init_seconds, fit_seconds, stop)

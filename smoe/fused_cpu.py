@@ -83,12 +83,11 @@ def _gauss_impl(q):
 
 
 @njit(cache=True, inline="always")
-def _tile_pixels(t, ntx, oy, ox, H, W, xs, ys):
-    """Fill xs, ys with the pixel centres of tile t; return (count, r0, r1, c0, c1)."""
-    r0 = max((t // ntx) * 16 - oy, 0)
-    r1 = min((t // ntx) * 16 - oy + 16, H)
-    c0 = max((t % ntx) * 16 - ox, 0)
-    c1 = min((t % ntx) * 16 - ox + 16, W)
+def _tile_pixels(t, redges, cedges, xs, ys):
+    """Fill xs, ys with the centres of tile t's output pixels; return (count, r0, r1, c0, c1)."""
+    ntx = cedges.shape[0] - 1
+    r0, r1 = redges[t // ntx], redges[t // ntx + 1]
+    c0, c1 = cedges[t % ntx], cedges[t % ntx + 1]
     n = 0
     for r in range(r0, r1):
         for c in range(c0, c1):
@@ -99,17 +98,17 @@ def _tile_pixels(t, ntx, oy, ox, H, W, xs, ys):
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _forward(mu, chol, gate, experts, starts, ends, ids, H, W, oy, ox, ntx, normalize, nthreads, out, den):
+def _forward(mu, chol, gate, experts, starts, ends, ids, redges, cedges, maxpix, normalize, nthreads, out, den):
     C = experts.shape[1]
     T = starts.shape[0]
     for tid in prange(nthreads):
-        xs = np.empty(256, mu.dtype)
-        ys = np.empty(256, mu.dtype)
-        w = np.empty(256, mu.dtype)
-        dacc = np.empty(256, mu.dtype)
-        nacc = np.empty((C, 256), mu.dtype)
+        xs = np.empty(maxpix, mu.dtype)
+        ys = np.empty(maxpix, mu.dtype)
+        w = np.empty(maxpix, mu.dtype)
+        dacc = np.empty(maxpix, mu.dtype)
+        nacc = np.empty((C, maxpix), mu.dtype)
         for t in range(tid, T, nthreads):
-            n, r0, r1, c0, c1 = _tile_pixels(t, ntx, oy, ox, H, W, xs, ys)
+            n, r0, r1, c0, c1 = _tile_pixels(t, redges, cedges, xs, ys)
             if n == 0:
                 continue
             dacc[:n] = 0
@@ -145,21 +144,22 @@ def _forward(mu, chol, gate, experts, starts, ends, ids, H, W, oy, ox, ntx, norm
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _backward(mu, chol, gate, experts, starts, ends, ids, H, W, oy, ox, ntx, normalize, nthreads, out, den, gout, acc):
+def _backward(mu, chol, gate, experts, starts, ends, ids, redges, cedges, maxpix, normalize, nthreads, out, den,
+              gout, acc):
     """Accumulate dL/d(mu_x, mu_y, b00, b10, b11, pi, m_0..m_C-1) into acc[thread, kernel]."""
     C = experts.shape[1]
     T = starts.shape[0]
     for tid in prange(nthreads):
-        xs = np.empty(256, mu.dtype)
-        ys = np.empty(256, mu.dtype)
-        k = np.empty(256, mu.dtype)
-        dw = np.empty(256, mu.dtype)
-        s = np.empty(256, mu.dtype)
-        G = np.empty((C, 256), mu.dtype)
+        xs = np.empty(maxpix, mu.dtype)
+        ys = np.empty(maxpix, mu.dtype)
+        k = np.empty(maxpix, mu.dtype)
+        dw = np.empty(maxpix, mu.dtype)
+        s = np.empty(maxpix, mu.dtype)
+        G = np.empty((C, maxpix), mu.dtype)
         a = acc[tid]
         zero = mu.dtype.type(0)
         for t in range(tid, T, nthreads):
-            n, r0, r1, c0, c1 = _tile_pixels(t, ntx, oy, ox, H, W, xs, ys)
+            n, r0, r1, c0, c1 = _tile_pixels(t, redges, cedges, xs, ys)
             if n == 0 or ends[t] == starts[t]:
                 continue
             # Per pixel: G_c = dL/dy_c / den and s = sum_c G_c y_c, so that
@@ -224,11 +224,11 @@ def _launch_args(mu, chol, pi, experts, grid: TileGrid, bins: TileBins, mode: st
     gate = pi if mode == "smoe" else torch.ones_like(pi)
     arrays = [t.detach().contiguous().numpy() for t in (mu, chol, gate, experts)]
     index = [t.contiguous().numpy() for t in (bins.starts, bins.ends, bins.ids)]
-    oy, ox = grid.offset
+    redges, cedges = grid.edges()
+    maxpix = max(1, int(np.diff(redges).max()) * int(np.diff(cedges).max()))
     # The thread count is passed in: calling numba.get_num_threads() inside a
     # jitted function makes it uncacheable.
-    return (*arrays, *index, grid.height, grid.width, oy, ox, grid.shape[1], mode == "smoe",
-            numba.get_num_threads())
+    return (*arrays, *index, redges, cedges, maxpix, mode == "smoe", numba.get_num_threads())
 
 
 class _RasterizeCPU(torch.autograd.Function):
@@ -262,7 +262,8 @@ def rasterize_cpu(mu, chol, pi, experts, grid: TileGrid, bins: TileBins, *, mode
     Parameters
     ----------
     mu : (L, 2) tensor, chol : (L, 3) tensor, pi : (L,) tensor, experts : (L, C) tensor
-        CPU tensors of one floating dtype (float32 or float64).
+        CPU tensors of one floating dtype (float32 or float64), in *output* pixel
+        coordinates (already rescaled when the grid has a scale).
     grid : TileGrid
     bins : TileBins
         From :func:`smoe.tiles.bin_kernels` (raster or global scope).

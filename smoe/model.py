@@ -191,8 +191,7 @@ class Model:
         becomes ``B S^-1``, which stays lower-triangular.  Used to render on a raster
         of another resolution.
         """
-        mu = self.mu * self.mu.new_tensor([sx, sy])
-        chol = self.chol * self.chol.new_tensor([1.0 / sx, 1.0 / sx, 1.0 / sy])
+        mu, chol = rescale(self.mu, self.chol, sx, sy)
         return Model.unchecked(mu, chol, self.pi, self.experts)
 
     def to(self, dtype=None, device=None) -> "Model":
@@ -208,6 +207,11 @@ class Model:
 
 
 # ---------------------------------------------------------------- geometry
+def rescale(mu: torch.Tensor, chol: torch.Tensor, sx: float, sy: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres (L, 2) and precision factors (L, 3) in coordinates stretched by ``diag(sx, sy)``."""
+    return mu * mu.new_tensor([sx, sy]), chol * chol.new_tensor([1.0 / sx, 1.0 / sx, 1.0 / sy])
+
+
 def precision_from_chol(chol: torch.Tensor) -> torch.Tensor:
     """(L, 3) Cholesky factors -> (L, 2, 2) precision matrices ``B^T B``."""
     b00, b10, b11 = chol.unbind(-1)

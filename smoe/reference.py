@@ -72,32 +72,43 @@ def rasterize_global(mu, chol, pi, experts, height, width, active, *, mode="smoe
 
 
 def rasterize_tiles(mu, chol, pi, experts, grid: TileGrid, bins: TileBins, *, mode="smoe"):
-    """Each tile with its listed kernels only.  Returns (height, width, C)."""
+    """Each tile with its listed kernels only.  Returns (height, width, C).
+
+    ``mu`` and ``chol`` are in output-pixel coordinates; ``grid.edges()`` says
+    which output pixels each tile holds (up to hmax x wmax of them, padded).
+    """
     C = experts.shape[1]
-    t = grid.tile
+    dev = mu.device
     ny, nx = grid.shape
-    oy, ox = grid.offset
+    redges, cedges = (torch.as_tensor(e, device=dev) for e in grid.edges())
+    th, tw = redges.diff(), cedges.diff()
+    hmax, wmax = int(th.max()), int(tw.max())
     counts = bins.counts
     kmax = int(counts.max()) if counts.numel() else 0
-    canvas = mu.new_zeros(ny * nx, t * t, C)
-    if kmax > 0:
-        # Padded (T, kmax) kernel index table; padding points at kernel 0 and is masked.
-        slot = torch.arange(kmax, device=mu.device)
-        valid = slot.unsqueeze(0) < counts.unsqueeze(1)
-        idx = torch.where(valid, bins.starts.unsqueeze(1) + slot, torch.zeros_like(slot))
-        table = torch.where(valid, bins.ids[idx.clamp(max=max(0, bins.ids.numel() - 1))], torch.zeros_like(idx))
-        local = _pixel_centres(t, t, mu.dtype, mu.device).reshape(-1, 2)
-        tiles = torch.arange(ny * nx, device=mu.device)
-        origin = torch.stack([(tiles % nx) * t - ox, (tiles // nx) * t - oy], -1).to(mu.dtype)
-        step = max(1, CHUNK_EVALS // (t * t * kmax))
-        parts = []
-        for i in range(0, ny * nx, step):
-            sl = slice(i, i + step)
-            ids, ok = table[sl], valid[sl]
-            xy = origin[sl].unsqueeze(1) + local
-            parts.append(_maybe_checkpoint(
-                lambda q, a, b, g, h, ok=ok: _mixture(q, a, b, g, h, ok, mode),
-                xy, mu[ids], chol[ids], pi[ids], experts[ids]))
-        canvas = torch.cat(parts)
-    img = canvas.reshape(ny, nx, t, t, C).permute(0, 2, 1, 3, 4).reshape(ny * t, nx * t, C)
-    return img[oy:oy + grid.height, ox:ox + grid.width]
+    out = mu.new_zeros(grid.height * grid.width, C)
+    if kmax == 0 or hmax * wmax == 0:
+        return out.reshape(grid.height, grid.width, C)
+    # Padded (T, kmax) kernel table; padding points at kernel 0 and is masked.
+    slot = torch.arange(kmax, device=dev)
+    valid = slot.unsqueeze(0) < counts.unsqueeze(1)
+    idx = (bins.starts.unsqueeze(1) + slot).clamp(max=max(0, bins.ids.numel() - 1))
+    table = torch.where(valid, bins.ids[idx], torch.zeros_like(idx))
+    # Padded (T, hmax*wmax) pixel table: row/column inside the tile, and whether it exists.
+    tiles = torch.arange(ny * nx, device=dev)
+    ty, tx = tiles // nx, tiles % nx
+    lr = torch.arange(hmax, device=dev).repeat_interleave(wmax)
+    lc = torch.arange(wmax, device=dev).repeat(hmax)
+    rows = redges[ty].unsqueeze(1) + lr
+    cols = cedges[tx].unsqueeze(1) + lc
+    inside = (lr < th[ty].unsqueeze(1)) & (lc < tw[tx].unsqueeze(1))
+    xy = torch.stack([cols, rows], -1).to(mu.dtype) + 0.5
+    step = max(1, CHUNK_EVALS // (hmax * wmax * kmax))
+    for i in range(0, ny * nx, step):
+        sl = slice(i, i + step)
+        ids, ok = table[sl], valid[sl]
+        vals = _maybe_checkpoint(lambda q, a, b, g, h, ok=ok: _mixture(q, a, b, g, h, ok, mode),
+                                 xy[sl], mu[ids], chol[ids], pi[ids], experts[ids])
+        keep = inside[sl]
+        flat = (rows[sl] * grid.width + cols[sl])[keep]
+        out = out.index_add(0, flat, vals[keep])
+    return out.reshape(grid.height, grid.width, C)

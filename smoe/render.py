@@ -26,7 +26,7 @@ import math
 import torch
 
 from . import fused_cpu, reference
-from .model import Model
+from .model import Model, rescale
 from .tiles import TileGrid, active_kernels, bin_kernels
 
 MODES = ("smoe", "rbf")
@@ -40,8 +40,9 @@ def _check_choice(name, value, choices):
 
 
 def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
-              tile_offset: tuple[int, int] = (0, 0), backend: str = "auto") -> torch.Tensor:
-    """Render raw kernel parameters on the integer pixel raster of an image.
+              tile_offset: tuple[int, int] = (0, 0), extent: tuple[int, int] | None = None,
+              sharpen: float = 1.0, backend: str = "auto") -> torch.Tensor:
+    """Render raw kernel parameters on a pixel raster.
 
     Parameters
     ----------
@@ -59,6 +60,16 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     scope : {"raster", "global"}
     tile_offset : (int, int)
         ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
+    extent : (int, int), optional
+        ``(height, width)`` of the frame the parameters live in (the fitted
+        image); the output raster covers that frame.  Defaults to the output
+        size.  Tiles are laid out in that frame, so every output size samples
+        the same function.
+    sharpen : float
+        Bandwidth factor f applied to every kernel after binning
+        (``Sigma -> f^2 Sigma``; f < 1 sharpens, SPEC §6).  Tiles keep the
+        kernel lists of the unedited model, so sharpening never leaves tiles
+        that no kernel reaches.
     backend : {"auto", "cpu", "torch"}
         ``"auto"`` picks the fused kernel for CPU tensors and the PyTorch
         reference otherwise.
@@ -70,18 +81,31 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     _check_choice("mode", mode, MODES)
     _check_choice("scope", scope, SCOPES)
     _check_choice("backend", backend, BACKENDS)
-    grid = TileGrid(int(height), int(width), tuple(int(o) for o in tile_offset))
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not (math.isfinite(sharpen) and sharpen > 0):
+        raise ValueError(f"sharpen must be a positive finite factor, got {sharpen}")
+    h0, w0 = (height, width) if extent is None else extent
+    if h0 < 1 or w0 < 1:
+        raise ValueError(f"extent must be positive, got {h0}x{w0}")
+    sy, sx = height / h0, width / w0
+    grid = TileGrid(int(height), int(width), tuple(int(o) for o in tile_offset), scale=(sy, sx))
     if backend == "auto":
         backend = "cpu" if mu.device.type == "cpu" else "torch"
+    if backend == "cpu" and mu.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, got {mu.device}; use backend='torch'")
+    # Tiles are binned in the model's own frame, pixels are evaluated in the output frame.
+    needs_bins = backend == "cpu" or scope == "raster"
+    bins = bin_kernels(mu, chol, pi, grid, mode=mode, scope=scope) if needs_bins else None
+    if (sy, sx) != (1.0, 1.0):
+        mu, chol = rescale(mu, chol, sx, sy)
+    if sharpen != 1.0:
+        chol = chol / sharpen
     if backend == "cpu":
-        if mu.device.type != "cpu":
-            raise ValueError(f"backend='cpu' needs CPU tensors, got {mu.device}; use backend='torch'")
-        bins = bin_kernels(mu, chol, pi, grid, mode=mode, scope=scope)
         return fused_cpu.rasterize_cpu(mu, chol, pi, experts, grid, bins, mode=mode)
     if scope == "global":
         return reference.rasterize_global(mu, chol, pi, experts, grid.height, grid.width,
                                           active_kernels(pi, mode), mode=mode)
-    bins = bin_kernels(mu, chol, pi, grid, mode=mode, scope=scope)
     return reference.rasterize_tiles(mu, chol, pi, experts, grid, bins, mode=mode)
 
 
@@ -108,7 +132,7 @@ def output_size(extent: tuple[int, int], *, scale: float | None = None,
 
 def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
            extent: tuple[int, int] | None = None, tile_offset: tuple[int, int] = (0, 0),
-           backend: str = "auto") -> torch.Tensor:
+           sharpen: float = 1.0, backend: str = "auto") -> torch.Tensor:
     """Render a model on a ``height x width`` pixel raster.
 
     Parameters
@@ -116,23 +140,21 @@ def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: 
     model : Model
     height, width : int
         Output size in pixels.
-    mode, scope, tile_offset, backend
+    mode, scope, tile_offset, sharpen, backend
         As in :func:`rasterize`.
     extent : (int, int), optional
         ``(height, width)`` of the image the model was fitted on.  The output
         raster covers that same area, so ``extent=(h, w)`` with an output of
         ``(2h, 2w)`` renders at twice the resolution (super-resolution).
-        Defaults to the output size (scale 1).  Tiles are always 16 x 16
-        *output* pixels.
+        Defaults to the output size (scale 1).  Tiles are 16 x 16 pixels of
+        that fitted frame, so raster scope shows no seams at other scales.
 
     Returns
     -------
     (height, width, C) tensor.
     """
-    if extent is not None and tuple(extent) != (height, width):
-        model = model.rescaled(width / extent[1], height / extent[0])
     return rasterize(model.mu, model.chol, model.pi, model.experts, height, width, mode=mode, scope=scope,
-                     tile_offset=tile_offset, backend=backend)
+                     tile_offset=tile_offset, extent=extent, sharpen=sharpen, backend=backend)
 
 
 def kernels_per_tile(model: Model, height: int, width: int, *, mode: str = "smoe",

@@ -14,8 +14,10 @@ parameters) and is shared by the PyTorch reference and the fused CPU kernel.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .model import bounding_radius
@@ -25,17 +27,24 @@ TILE = 16
 
 @dataclass(frozen=True)
 class TileGrid:
-    """A grid of ``tile x tile`` pixel tiles over a ``height x width`` image.
+    """A grid of ``tile x tile`` tiles, in model coordinates, over an output raster.
 
-    Tile (ty, tx) covers image rows ``[ty*tile - oy, (ty+1)*tile - oy)`` and columns
-    ``[tx*tile - ox, (tx+1)*tile - ox)``, clipped to the image, where
-    ``offset = (oy, ox)`` with ``0 <= oy, ox < tile`` shifts the grid.
+    Tiles live in the coordinates the model was fitted in: tile (ty, tx) covers
+    ``[ty*tile - oy, (ty+1)*tile - oy) x [tx*tile - ox, (tx+1)*tile - ox)`` where
+    ``offset = (oy, ox)`` with ``0 <= oy, ox < tile`` shifts the grid.  The output
+    raster of ``height x width`` pixels may sample that frame at another
+    resolution, ``scale = (sy, sx)`` output pixels per model pixel; an output
+    pixel belongs to the tile that contains its centre mapped back to model
+    coordinates.  Rendering at any scale therefore evaluates exactly the
+    function that was fitted, with the same tile cuts, only sampled more or
+    less densely.
     """
 
     height: int
     width: int
     offset: tuple[int, int] = (0, 0)
     tile: int = TILE
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
         if self.height < 1 or self.width < 1:
@@ -43,17 +52,36 @@ class TileGrid:
         oy, ox = self.offset
         if not (0 <= oy < self.tile and 0 <= ox < self.tile):
             raise ValueError(f"tile offset must lie in [0, {self.tile}) on both axes, got {self.offset}")
+        if not all(math.isfinite(s) and s > 0 for s in self.scale):
+            raise ValueError(f"scale must be positive and finite, got {self.scale}")
 
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, columns) of tiles."""
-        oy, ox = self.offset
-        return (-(-(self.height + oy) // self.tile), -(-(self.width + ox) // self.tile))
+        (oy, ox), (sy, sx) = self.offset, self.scale
+        return (max(1, math.ceil((self.height / sy + oy) / self.tile)),
+                max(1, math.ceil((self.width / sx + ox) / self.tile)))
 
     @property
     def num_tiles(self) -> int:
         ny, nx = self.shape
         return ny * nx
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Output-pixel boundaries of the tile rows (ny + 1,) and columns (nx + 1,).
+
+        Tile row k holds the output rows r with ``edges[k] <= r < edges[k + 1]``:
+        those whose centre ``(r + 1/2) / sy`` lies in ``[k*tile - oy, (k+1)*tile - oy)``.
+        """
+        (ny, nx), (oy, ox), (sy, sx) = self.shape, self.offset, self.scale
+        return (_cuts(ny, oy, sy, self.tile, self.height), _cuts(nx, ox, sx, self.tile, self.width))
+
+
+def _cuts(n: int, offset: int, scale: float, tile: int, size: int) -> np.ndarray:
+    # The small epsilon keeps exact multiples (scale 1, 2, ...) on the integer they
+    # mean despite rounding in (k*tile - offset) * scale.
+    bounds = np.ceil((np.arange(n + 1) * tile - offset) * scale - 0.5 - 1e-9)
+    return np.clip(bounds, 0, size).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,22 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def initialize(name: str, image: np.ndarray, n_kernels: int, *, seed: int = 0, **options) -> Model:
-    """Run the initializer ``name`` on a (H, W, C) image with a budget of ``n_kernels``."""
+def initialize(name: str, image: np.ndarray, n_kernels: int | None, *, seed: int = 0, **options) -> Model:
+    """Run the initializer ``name`` on a (H, W, C) image with a budget of ``n_kernels``.
+
+    ``n_kernels=None`` is for initializers that choose their own count; the
+    others raise ValueError.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(available())}")
     return _REGISTRY[name](image, n_kernels, rng=np.random.default_rng(seed), **options)
+
+
+def require_budget(name: str, n_kernels: int | None) -> int:
+    """The kernel budget, or a clear error for initializers that cannot choose one."""
+    if n_kernels is None:
+        raise ValueError(f"initializer {name!r} needs a kernel count (n_kernels / -n)")
+    return n_kernels
 
 
 def round_kernels(centres: np.ndarray, sigma, image: np.ndarray) -> Model:
@@ -51,4 +62,4 @@ def round_kernels(centres: np.ndarray, sigma, image: np.ndarray) -> Model:
 
 
 # Built-in initializers register themselves on import.
-from . import grid, random  # noqa: E402,F401
+from . import grid, kmeans, random, segment  # noqa: E402,F401

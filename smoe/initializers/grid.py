@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register, round_kernels
+from . import register, require_budget, round_kernels
 
 
 @register("grid")
@@ -24,6 +24,7 @@ def grid_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, ba
     bandwidth : float
         Kernel standard deviation in units of the grid spacing.
     """
+    n_kernels = require_budget("grid", n_kernels)
     h, w, _ = image.shape
     s = np.sqrt(h * w / n_kernels)
     nx, ny = max(1, round(w / s)), max(1, round(h / s))

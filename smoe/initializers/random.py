@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register, round_kernels
+from . import register, require_budget, round_kernels
 
 
 @register("random")
@@ -19,6 +19,7 @@ def random_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, 
     sigma : float
         Standard deviation of every kernel in pixels (the R paper's "scale of 5 px").
     """
+    n_kernels = require_budget("random", n_kernels)
     h, w, _ = image.shape
     centres = rng.uniform((0.0, 0.0), (w, h), size=(n_kernels, 2))
     return round_kernels(centres, sigma, image)

@@ -1,0 +1,596 @@
+"""The ``smoe`` command line: fit, render, evaluate and inspect models.
+
+``smoe fit IMAGE`` fits a model and writes it with its reconstruction, metrics
+and figures; ``smoe render MODEL`` draws a saved model at any resolution;
+``smoe eval REF IMAGE`` compares two images; ``smoe info MODEL`` describes a
+model file.  Each subcommand is registered in :data:`COMMANDS` by a function
+that adds its parser, so new ones (segment, denoise, upscale, ...) plug in
+without touching the others.
+
+Errors a user can cause (a missing or broken file, a bad option value, an
+unwritable output path) end the program with exit status 2 and one line on
+stderr, ``smoe: error: <what is wrong and what to do>``; ``--debug`` raises
+them with their traceback instead.  Any other exception is a bug in smoe and
+keeps its traceback.  Ctrl-C exits with status 130.  Every file
+is written atomically, and outputs are checked to be writable before any long
+computation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import inspect
+import io
+import json
+import math
+import platform
+import re
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__, metrics
+from .fit import FitSettings, fit
+from .imageio import ImageError, atomic_write_bytes, default_image_path, read_image, write_image
+from .initializers import available as available_initializers
+from .model import Model
+from .modelfile import ModelFileError, load_model, save_model
+from .render import MODES, SCOPES, kernels_per_tile, output_size, render
+
+__all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
+
+#: Largest raster ``smoe render`` produces (width x height); bigger requests are refused.
+MAX_OUTPUT_PIXELS = 100_000_000
+#: Renders timed for ``render_ms`` in metrics.json (the median is reported).
+RENDER_REPEATS = 5
+#: Exit statuses.
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",
+               "kernels.png")
+_FIT_DEFAULTS = FitSettings()
+_INIT_DEFAULT = inspect.signature(fit).parameters["init"].default
+_N_DEFAULT = inspect.signature(fit).parameters["n_kernels"].default
+
+
+class CliError(Exception):
+    """An expected failure; its message is the line shown after ``smoe: error:``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors become :class:`CliError`, so they print as one line."""
+
+    def error(self, message):
+        raise CliError(f"{message}; see '{self.prog} --help'")
+
+
+# ======================================================================= main
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``smoe`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 2 usage or input error, 130 interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except CliError as exc:
+        return _report(exc)
+    except SystemExit as exc:  # --help and --version end here
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if args.command is None:
+        return _report(CliError(f"no command given; choose one of {', '.join(COMMANDS)} (see 'smoe --help')"))
+    with _warnings_as_lines():
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print("smoe: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (CliError, ImageError, ModelFileError, ValueError, OSError, MemoryError) as exc:
+            if args.debug:
+                raise
+            return _report(exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a subcommand's default from overwriting "smoe --debug fit".
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on error, raise with the full Python traceback instead of a one-line message")
+    parser = _Parser(prog="smoe", description="Steered Mixture-of-Experts image regression: fit an image with "
+                     "steered Gaussian kernels, then render, evaluate or inspect the model.",
+                     epilog="Run 'smoe COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"smoe {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on error, raise with the full Python traceback instead of a one-line message")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, title="commands",
+                                help="what to do; each command has its own --help")
+    for add in COMMANDS.values():
+        add(sub, common)
+    return parser
+
+
+def _report(exc: BaseException) -> int:
+    print(f"smoe: error: {_describe(exc)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _describe(exc: BaseException) -> str:
+    """One line saying what went wrong (and, where the message lacks it, what to do)."""
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller image, fewer kernels (-n) or a smaller output size"
+    if isinstance(exc, OSError) and not isinstance(exc, CliError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}; check the path and its permissions"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show Python warnings as ``smoe: warning: ...`` lines instead of source locations."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"smoe: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+# ========================================================== argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` -> ``(height, width)``, the order :func:`smoe.render.output_size` takes."""
+    match = _SIZE.fullmatch(text)
+    if match is None or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with two positive whole numbers, e.g. 1920x1080; "
+                                         f"got {text!r}")
+    return int(match[2]), int(match[1])
+
+
+# ========================================================== output paths
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Undo :func:`_prepare_outdir` after a failure: remove the directories it made, if still empty."""
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _prepare_outdir(outdir: Path, names=()) -> list[Path]:
+    """Create ``outdir`` and prove a file can be written in it, before any long computation.
+
+    Parameters
+    ----------
+    outdir : Path
+    names : iterable of str
+        Files that will be written there; none may be an existing directory.
+
+    Returns
+    -------
+    The directories this call created, deepest first (see :func:`_remove_empty`).
+    """
+    created = _missing_dirs(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise CliError(f"output directory {outdir} exists and is a file; choose another path with -o")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except OSError as exc:
+        _remove_empty(created)
+        reason = "part of the path is a file, not a directory" if isinstance(exc, NotADirectoryError) \
+            else (exc.strerror or str(exc))
+        raise CliError(f"cannot write to output directory {outdir}: {reason}; choose another path with -o") from exc
+    for name in names:
+        if (outdir / name).is_dir():
+            _remove_empty(created)
+            raise CliError(f"{outdir / name} is a directory; remove it or choose another output directory with -o")
+    return created
+
+
+def _prepare_output_file(out: Path) -> list[Path]:
+    """Create ``out``'s directory and check that an image with ``out``'s suffix can be written there.
+
+    A 1 x 1 probe image is written beside ``out`` and removed again: that tests
+    the suffix through :func:`write_image` itself and the directory's permissions.
+    Returns the directories created, deepest first.
+    """
+    if out.is_dir():
+        raise CliError(f"output {out} is a directory; give a file name such as {out / 'render.png'}")
+    created = _prepare_outdir(out.parent)
+    probe = out.with_name(f".smoe-probe-{secrets.token_hex(4)}{out.suffix}")
+    try:
+        write_image(probe, np.zeros((1, 1), np.float32))
+    except ImageError as exc:
+        _remove_empty(created)
+        raise CliError(str(exc).replace(str(probe), str(out))) from exc  # name the user's file, not the probe
+    except BaseException:
+        _remove_empty(created)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return created
+
+
+# ============================================================= quality
+def _quality(reference: np.ndarray, image: np.ndarray, *, with_lpips: bool = True) -> dict:
+    """PSNR, SSIM, MS-SSIM and LPIPS; a metric the image is too small for is None."""
+    side = min(reference.shape[:2])
+    return {
+        "psnr": _finite(metrics.psnr(reference, image)),
+        "ssim": metrics.ssim(reference, image) if side >= metrics.SSIM_WINDOW else None,
+        "ms_ssim": metrics.ms_ssim(reference, image) if side > metrics.MS_SSIM_MIN_SIDE else None,
+        "lpips": metrics.lpips(reference, image) if with_lpips and side >= metrics.LPIPS_MIN_SIDE else None,
+    }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _quality_lines(q: dict) -> list[str]:
+    def fmt(key, digits, unit=""):
+        value = q[key]
+        return f"{value:.{digits}f}{unit}" if value is not None else "n/a (image too small or metric disabled)"
+
+    psnr = "inf dB (identical)" if q["psnr"] is None else fmt("psnr", 2, " dB")
+    return [f"PSNR     {psnr}", f"SSIM     {fmt('ssim', 4)}", f"MS-SSIM  {fmt('ms_ssim', 4)}",
+            f"LPIPS    {fmt('lpips', 4)}"]
+
+
+# ================================================================== fit
+def _add_fit(sub, common) -> None:
+    p = sub.add_parser("fit", parents=[common], help="fit a kernel model to an image",
+                       description="Fit steered kernels to an image by gradient descent and write the model, its "
+                       "reconstruction, quality metrics and figures to an output directory.",
+                       epilog="Outputs (existing files are replaced): " + ", ".join(FIT_OUTPUTS) + ". "
+                       "metrics.json holds PSNR/SSIM/MS-SSIM/LPIPS, kernel counts, timings, versions and "
+                       "settings; history.csv the logged iterations.")
+    p.add_argument("image", nargs="?", metavar="IMAGE",
+                   help="image file to fit (PNG, JPEG, TIFF, BMP; 8 or 16 bit, grey or RGB); "
+                        "default: the bundled demo image (Kodak 23, 384x256)")
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=_N_DEFAULT, metavar="N",
+                   help="initial number of kernels, at most the pixel count (default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default="smoe",
+                   help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
+                        "(default: %(default)s)")
+    p.add_argument("--scope", choices=SCOPES, default="raster",
+                   help="'raster': each 16x16 tile sums only the kernels that reach it (fast); 'global': every "
+                        "kernel acts on every pixel (cost grows with kernels x pixels) (default: %(default)s)")
+    p.add_argument("--iters", type=_positive_int, default=_FIT_DEFAULTS.iters, metavar="N",
+                   help="maximum number of gradient steps (default: %(default)s)")
+    p.add_argument("--target-psnr", type=_float, default=None, metavar="DB",
+                   help="stop as soon as the PSNR reaches DB decibels (default: no target)")
+    p.add_argument("--time-budget", type=_positive_float, default=None, metavar="S",
+                   help="stop after S seconds of fitting (default: no limit)")
+    p.add_argument("--tol", type=_non_negative_float, default=None, metavar="T",
+                   help="stop when the best loss improves by less than the fraction T between two log points, "
+                        "e.g. 1e-4 (default: off)")
+    p.add_argument("--lam", type=_non_negative_float, default=_FIT_DEFAULTS.lam, metavar="L",
+                   help="L1 weight on the gates; > 0 prunes useless kernels (smoe mode only; try 1e-5 to 1e-4) "
+                        "(default: %(default)s)")
+    p.add_argument("--init", choices=available_initializers(), default=_INIT_DEFAULT,
+                   help="where the kernels start (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
+    p.add_argument("-o", "--output", metavar="OUTDIR", default=None,
+                   help="output directory, created if missing (default: smoe-out/<image name>)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bar, no summary)")
+    p.set_defaults(run=_run_fit)
+
+
+def _run_fit(args) -> int:
+    settings = _fit_settings(args)
+    image_path = Path(args.image) if args.image else default_image_path()
+    outdir = Path(args.output) if args.output else Path("smoe-out") / image_path.stem
+    image = read_image(image_path)
+    h, w = image.shape[:2]
+    if args.n_kernels > h * w:
+        raise CliError(f"-n {args.n_kernels} is more kernels than the {h * w} pixels of {image_path} ({w}x{h}); "
+                       f"use -n {h * w} or fewer")
+    created = _prepare_outdir(outdir, FIT_OUTPUTS)
+    try:
+        if not args.quiet:
+            colour = "RGB" if image.ndim == 3 else "grey"
+            print(f"fitting {args.n_kernels} kernels ({args.mode}, {args.scope}, init {args.init}) to "
+                  f"{image_path} ({w}x{h} {colour})")
+        result = fit(image, args.n_kernels, mode=args.mode, scope=args.scope, init=args.init, seed=args.seed,
+                     quiet=args.quiet, **settings)
+        report = _write_fit_outputs(outdir, image_path, image, result)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    if not args.quiet:
+        _print_fit_summary(report, outdir)
+    return EXIT_OK
+
+
+def _fit_settings(args) -> dict:
+    """FitSettings fields from the options, validated before any file is touched."""
+    if args.mode == "rbf" and args.lam > 0:
+        raise CliError("--lam > 0 needs --mode smoe (RBF kernels have no gates to sparsify); drop --lam or use "
+                       "--mode smoe")
+    settings = {"iters": args.iters, "lam": args.lam, "target_psnr": args.target_psnr,
+                "time_budget": args.time_budget, "tol": args.tol}
+    FitSettings(**settings).validate()
+    return settings
+
+
+def _write_fit_outputs(outdir: Path, image_path: Path, image: np.ndarray, result) -> dict:
+    """Render, measure and write every fit output; returns the metrics.json content."""
+    model, settings = result.model, result.settings
+    mode, scope = settings["mode"], settings["scope"]
+    h, w = image.shape[:2]
+    with torch.no_grad():
+        recon = render(model, h, w, mode=mode, scope=scope).numpy()
+    report = {
+        "image": {"path": str(image_path.resolve()), "width": w, "height": h,
+                  "channels": 1 if image.ndim == 2 else image.shape[2]},
+        **_quality(image, recon.reshape(image.shape)),
+        "kernels_initial": result.init_kernels,
+        "kernels_final": len(model),
+        "kernels_per_tile": kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model)),
+        "iterations": result.history[-1]["iteration"],
+        "stop_reason": result.stop_reason,
+        "init_seconds": result.init_seconds,
+        "fit_seconds": result.fit_seconds,
+        "render_ms": _median_render_ms(model, h, w, mode, scope),
+        "versions": _versions(),
+        "settings": settings,
+    }
+    save_model(outdir / "model.smoe.npz", model, mode=mode, scope=scope, height=h, width=w, settings=settings)
+    write_image(outdir / "reconstruction.png", recon)
+    atomic_write_bytes(outdir / "history.csv", _history_csv(result.history))
+    from . import plots  # matplotlib loads only when figures are drawn
+
+    plots.plot_convergence(result.history, outdir / "convergence.png", title=f"{image_path.name}: {len(model)} "
+                           f"kernels, {report['psnr'] or math.inf:.2f} dB after {report['iterations']} iterations")
+    plots.draw_kernels(image, model, outdir / "kernels.png")
+    # Written last: a complete metrics.json marks a complete output directory.
+    atomic_write_bytes(outdir / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def _median_render_ms(model: Model, h: int, w: int, mode: str, scope: str) -> float:
+    times = []
+    with torch.no_grad():
+        for _ in range(RENDER_REPEATS):
+            start = time.perf_counter()
+            render(model, h, w, mode=mode, scope=scope)
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def _versions() -> dict:
+    import numba
+
+    return {"smoe": __version__, "torch": torch.__version__, "numba": numba.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _history_csv(history: list[dict]) -> bytes:
+    keys = list(dict.fromkeys(k for record in history for k in record))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue().encode()
+
+
+def _print_fit_summary(report: dict, outdir: Path) -> None:
+    q = report
+    psnr = "inf" if q["psnr"] is None else f"{q['psnr']:.2f}"
+    ssim = "" if q["ssim"] is None else f", SSIM {q['ssim']:.4f}"
+    lpips = "" if q["lpips"] is None else f", LPIPS {q['lpips']:.4f}"
+    print(f"done after {q['iterations']} iterations (stop: {q['stop_reason']}), {q['fit_seconds']:.1f} s fit + "
+          f"{q['init_seconds']:.2f} s init")
+    print(f"  PSNR {psnr} dB{ssim}{lpips}")
+    print(f"  kernels {q['kernels_initial']} -> {q['kernels_final']} ({q['kernels_per_tile']:.1f} per 16x16 tile), "
+          f"renders in {q['render_ms']:.1f} ms")
+    print(f"outputs in {outdir}/: {', '.join(FIT_OUTPUTS)}")
+    print(f"next: smoe render {outdir / FIT_OUTPUTS[0]} --scale 2 -o {outdir / 'x2.png'}")
+
+
+# =============================================================== render
+def _add_render(sub, common) -> None:
+    p = sub.add_parser("render", parents=[common], help="render a saved model at any resolution",
+                       description="Render a model file to an image. The model is continuous, so any output size "
+                       "works: the raster covers the area of the image it was fitted on.",
+                       epilog=f"Outputs larger than {MAX_OUTPUT_PIXELS // 1_000_000} megapixels are refused.")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=_positive_float, default=None, metavar="F",
+                      help="output size = fitted size x F, e.g. 2 for twice the resolution (default: 1)")
+    size.add_argument("--size", type=_size, default=None, metavar="WxH",
+                      help="exact output size in pixels, width x height, e.g. 1920x1080 (aspect may change)")
+    p.add_argument("--sharpen", type=_positive_float, default=None, metavar="F",
+                   help="multiply every kernel's bandwidth by F before rendering: F < 1 (e.g. 0.7) sharpens "
+                        "edges, F > 1 smooths; tiles keep the fitted kernel lists (default: off)")
+    p.add_argument("--scope", choices=SCOPES, default=None,
+                   help="override the scope stored in the model (default: the model's)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="image file to write; the suffix picks the format (.png, .jpg, .tif, .bmp)")
+    p.set_defaults(run=_run_render)
+
+
+def _run_render(args) -> int:
+    model, meta = load_model(args.model)
+    extent = (meta["height"], meta["width"])
+    h, w = output_size(extent, scale=args.scale, size=args.size)
+    if h * w > MAX_OUTPUT_PIXELS:
+        raise CliError(f"output of {w}x{h} = {h * w / 1e6:.0f} megapixels exceeds the limit of "
+                       f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels; use a smaller --scale or --size")
+    scope = args.scope or meta["scope"]
+    out = Path(args.output)
+    created = _prepare_output_file(out)
+    try:
+        with torch.no_grad():
+            pixels = render(model, h, w, mode=meta["mode"], scope=scope, extent=extent,
+                            sharpen=args.sharpen or 1.0)
+        write_image(out, pixels)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    print(f"wrote {out} ({w}x{h}, {len(model)} kernels, {meta['mode']}/{scope})")
+    return EXIT_OK
+
+
+# ================================================================= eval
+def _add_eval(sub, common) -> None:
+    p = sub.add_parser("eval", parents=[common], help="compare an image with a reference",
+                       description="Print PSNR (dB), SSIM, MS-SSIM and LPIPS (AlexNet) of IMAGE against REFERENCE. "
+                       "Metrics need a minimum size: SSIM 11 px, LPIPS 31 px, MS-SSIM more than 160 px per side; "
+                       "smaller images report n/a (null in JSON).")
+    p.add_argument("reference", metavar="REFERENCE", help="the original image")
+    p.add_argument("image", metavar="IMAGE", help="the image to judge, same size and colour type")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS, the slowest metric")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    reference, image = read_image(args.reference), read_image(args.image)
+    if reference.shape != image.shape:
+        raise CliError(f"{args.image} is {_shape_text(image)} but {args.reference} is {_shape_text(reference)}; "
+                       "compare images of the same size and colour type")
+    q = _quality(reference, image, with_lpips=not args.no_lpips)
+    print(json.dumps(q) if args.json else "\n".join(_quality_lines(q)))
+    return EXIT_OK
+
+
+def _shape_text(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]} {'RGB' if image.ndim == 3 else 'grey'}"
+
+
+# ================================================================= info
+def _add_info(sub, common) -> None:
+    p = sub.add_parser("info", parents=[common], help="describe a model file",
+                       description="Print what a model file holds: kernel count, channels, mode, scope, the size "
+                       "of the image it was fitted on, format and writer version, kernels per tile, kernel "
+                       "bandwidths and the fit settings.")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args) -> int:
+    model, meta = load_model(args.model)
+    facts = _model_facts(model, meta)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return EXIT_OK
+    bw = facts["bandwidth_px"]
+    rows = [
+        ("file", args.model),
+        ("kernels", facts["kernels"]),
+        ("channels", f"{facts['channels']} ({'RGB' if facts['channels'] == 3 else 'grey'})"),
+        ("mode / scope", f"{facts['mode']} / {facts['scope']}"),
+        ("fitted on", f"{facts['width']}x{facts['height']} pixels"),
+        ("format", f"{meta['format']} version {facts['format_version']}, {facts['dtype']}, "
+                   f"written by smoe {facts['smoe_version']}"),
+        ("kernels/tile", f"{facts['kernels_per_tile']:.1f} (mean over 16x16 tiles at the fitted size)"),
+        ("bandwidth", "n/a (no kernels)" if bw is None else
+         f"median sigma {bw['median_sigma']:.2f} px (major axis {bw['median_major']:.2f}, minor "
+         f"{bw['median_minor']:.2f}; major axes {bw['min_major']:.2f} to {bw['max_major']:.2f} px)"),
+    ]
+    for name, value in rows:
+        print(f"{name:<13} {value}")
+    print("settings" + ("      (none stored)" if not facts["settings"] else ""))
+    for key, value in sorted(facts["settings"].items()):
+        print(f"  {key:<17} {value}")
+    return EXIT_OK
+
+
+def _model_facts(model: Model, meta: dict) -> dict:
+    h, w = meta["height"], meta["width"]
+    return {
+        "kernels": len(model), "channels": model.channels, "mode": meta["mode"], "scope": meta["scope"],
+        "height": h, "width": w, "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "kernels_per_tile": kernels_per_tile(model, h, w, mode=meta["mode"]),
+        "bandwidth_px": _bandwidth(model), "settings": meta["settings"],
+    }
+
+
+def _bandwidth(model: Model) -> dict | None:
+    """Statistics of the kernels' standard deviations along their principal axes, in pixels."""
+    if len(model) == 0:
+        return None
+    axes = torch.linalg.eigvalsh(model.covariance.double()).clamp(min=0).sqrt().numpy()  # ascending: minor, major
+    minor, major = axes[:, 0], axes[:, 1]
+    return {"median_sigma": float(np.median(np.sqrt(minor * major))), "median_major": float(np.median(major)),
+            "median_minor": float(np.median(minor)), "min_major": float(major.min()),
+            "max_major": float(major.max())}
+
+
+#: Subcommand name -> function adding its parser to the subparsers (with the shared options parent).
+COMMANDS: dict[str, Callable] = {"fit": _add_fit, "render": _add_render, "eval": _add_eval, "info": _add_info}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

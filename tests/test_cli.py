@@ -1,0 +1,300 @@
+"""The smoe command line, run in-process through ``main([...])`` on tiny images."""
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smoe import cli
+from smoe.cli import FIT_OUTPUTS, main
+from smoe.imageio import ImageError, read_image, write_image
+from smoe.modelfile import ModelFileError, load_model
+
+H, W = 48, 64
+FAST = ["-n", "30", "--iters", "20", "--quiet"]
+METRIC_KEYS = {"psnr", "ssim", "ms_ssim", "lpips", "kernels_initial", "kernels_final", "kernels_per_tile",
+               "iterations", "stop_reason", "init_seconds", "fit_seconds", "render_ms", "versions", "settings",
+               "image"}
+
+
+def _tiny_image(path):
+    """A smooth colour gradient with a disc: structure a few kernels can fit."""
+    y, x = np.mgrid[0:H, 0:W] / np.array([H, W])[:, None, None]
+    disc = ((x - 0.6) ** 2 + (y - 0.5) ** 2 < 0.06).astype(np.float32)
+    write_image(path, np.stack([x, y, 0.3 + 0.5 * disc], axis=2))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One fit shared by the tests that only read its outputs."""
+    root = tmp_path_factory.mktemp("fit")
+    image = _tiny_image(root / "tiny.png")
+    out = root / "out"
+    assert main(["fit", str(image), *FAST, "-o", str(out)]) == 0
+    return image, out
+
+
+@pytest.fixture
+def image(tmp_path):
+    return _tiny_image(tmp_path / "tiny.png")
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("smoe: error: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# ================================================================ end to end
+def test_fit_writes_every_output(fitted):
+    image, out = fitted
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIT_OUTPUTS)
+    report = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= report.keys()
+    assert report["image"]["width"] == W and report["image"]["height"] == H
+    assert report["ms_ssim"] is None  # the image is too small for five scales
+    assert report["psnr"] > 5 and 0 < report["ssim"] <= 1 and report["lpips"] >= 0
+    assert report["kernels_initial"] == 30 and report["iterations"] == 20
+    assert set(report["versions"]) == {"smoe", "torch", "numba", "numpy", "python"}
+    model, meta = load_model(out / "model.smoe.npz")
+    assert len(model) == report["kernels_final"]
+    assert (meta["height"], meta["width"], meta["mode"], meta["scope"]) == (H, W, "smoe", "raster")
+    assert meta["settings"]["iters"] == 20
+    assert read_image(out / "reconstruction.png").shape == (H, W, 3)
+    for name in ("convergence.png", "kernels.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["iteration", "loss", "psnr"] and len(lines) == 3
+
+
+def _render(fitted, tmp_path, *options):
+    out = tmp_path / "r.png"
+    assert main(["render", str(fitted[1] / "model.smoe.npz"), *options, "-o", str(out)]) == 0
+    return read_image(out)
+
+
+def test_render_sizes(fitted, tmp_path):
+    assert _render(fitted, tmp_path).shape == (H, W, 3)
+    assert _render(fitted, tmp_path, "--scale", "2").shape == (2 * H, 2 * W, 3)
+    assert _render(fitted, tmp_path, "--size", "30x20").shape == (20, 30, 3)
+
+
+def test_render_at_scale_one_matches_the_reconstruction(fitted, tmp_path):
+    np.testing.assert_array_equal(_render(fitted, tmp_path), read_image(fitted[1] / "reconstruction.png"))
+
+
+def test_render_sharpen_changes_the_image(fitted, tmp_path):
+    plain = _render(fitted, tmp_path)
+    sharp = _render(fitted, tmp_path, "--sharpen", "0.5", "--scope", "global")
+    assert sharp.shape == plain.shape and np.abs(sharp - plain).max() > 0.01
+
+
+def test_info(fitted, capsys):
+    model, _ = load_model(fitted[1] / "model.smoe.npz")
+    assert main(["info", str(fitted[1] / "model.smoe.npz")]) == 0
+    out = capsys.readouterr().out
+    assert f"kernels       {len(model)}" in out and "64x48" in out and "median sigma" in out
+    assert main(["info", "--json", str(fitted[1] / "model.smoe.npz")]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["kernels"] == len(model) and facts["settings"]["iters"] == 20
+
+
+def test_eval(fitted, capsys):
+    image, out = fitted
+    assert main(["eval", str(image), str(out / "reconstruction.png")]) == 0
+    text = capsys.readouterr().out
+    for name in ("PSNR", "SSIM", "MS-SSIM", "LPIPS"):
+        assert name in text
+    assert float(text.split()[1]) > 5
+    assert main(["eval", "--json", "--no-lpips", str(image), str(image)]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert q["psnr"] is None and q["ssim"] == pytest.approx(1.0) and q["lpips"] is None
+
+
+def test_fit_prints_a_summary(image, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["fit", str(image), "-n", "10", "--iters", "5", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "PSNR" in text and str(out) in text
+
+
+def test_fit_default_outdir_and_stop_rule(image, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", str(image), *FAST, "--target-psnr", "1"]) == 0
+    report = json.loads((tmp_path / "smoe-out" / "tiny" / "metrics.json").read_text())
+    assert report["stop_reason"] == "target_psnr"
+
+
+# ================================================================ bad input
+def _empty_png(path):
+    """A PNG whose header declares 0 x 0 pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+
+
+def _bad_image(kind, tmp_path):
+    path = tmp_path / f"{kind}.png"
+    if kind == "text":
+        path.write_text("not an image\n")
+    elif kind == "empty-file":
+        path.write_bytes(b"")
+    elif kind == "zero-pixels":
+        _empty_png(path)
+    elif kind == "truncated":
+        write_image(path, np.random.default_rng(0).random((H, W, 3)))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "empty-file", "zero-pixels", "truncated"])
+def test_fit_rejects_bad_images(kind, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", str(_bad_image(kind, tmp_path)), *FAST, "-o", str(out)]) == 2
+    _one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("options", [
+    ["-n", "0"], ["-n", "-5"], ["-n", "abc"], ["-n", str(H * W + 1)], ["--mode", "nope"], ["--init", "nope"],
+    ["--scope", "tiles"], ["--iters", "0"], ["--time-budget", "0"], ["--lam", "-1"], ["--lam", "nan"],
+    ["--mode", "rbf", "--lam", "1e-4"], ["--bogus-option"],
+])
+def test_fit_rejects_bad_options(options, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["fit", str(image), "--quiet", "-o", str(out)]
+    argv += options if "-n" in options else ["-n", "30", *options]
+    assert main(argv) == 2
+    _one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "is-a-file"])
+def test_fit_refuses_unwritable_outdir_before_fitting(where, image, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "fit", lambda *a, **k: pytest.fail("fit ran although the output cannot be written"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "sub" / "dir" if where == "under-a-file" else blocker
+    assert main(["fit", str(image), *FAST, "-o", str(out)]) == 2
+    assert "output directory" in _one_line_error(capsys)
+    assert blocker.read_text() == "x"
+
+
+def test_failed_fit_removes_the_directories_it_created(image, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("simulated failure")
+
+    monkeypatch.setattr(cli, "fit", broken)
+    assert main(["fit", str(image), *FAST, "-o", str(tmp_path / "a" / "b")]) == 2
+    assert "simulated failure" in _one_line_error(capsys)
+    assert not (tmp_path / "a").exists()
+
+
+def test_interrupt_exits_130(image, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted)
+    assert main(["fit", str(image), *FAST, "-o", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == "smoe: interrupted\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options", [
+    ["--size", "30by20"], ["--size", "0x20"], ["--size", "x"], ["--size", "-3x5"], ["--scale", "0"],
+    ["--scale", "-1"], ["--scale", "inf"], ["--sharpen", "0"], ["--scale", "2", "--size", "4x4"],
+    ["--scope", "nope"], ["--size", "20000x20000"],
+])
+def test_render_rejects_bad_options(options, fitted, tmp_path, capsys):
+    out = tmp_path / "r.png"
+    assert main(["render", str(fitted[1] / "model.smoe.npz"), *options, "-o", str(out)]) == 2
+    _one_line_error(capsys)
+    assert not out.exists()
+
+
+def _bad_model(kind, fitted, tmp_path):
+    path = tmp_path / f"{kind}.npz"
+    if kind == "garbage":
+        path.write_bytes(b"\x00garbage" * 20)
+    elif kind == "truncated":
+        data = (fitted[1] / "model.smoe.npz").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "image":
+        path = fitted[0]
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "image"])
+def test_render_and_info_reject_bad_model_files(kind, fitted, tmp_path, capsys):
+    model = _bad_model(kind, fitted, tmp_path)
+    out = tmp_path / "r.png"
+    assert main(["render", str(model), "-o", str(out)]) == 2
+    _one_line_error(capsys)
+    assert not out.exists()
+    assert main(["info", str(model)]) == 2
+    _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("target", ["r.xyz", "file/r.png", "."])
+def test_render_rejects_unwritable_outputs(target, fitted, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    before = sorted(tmp_path.iterdir())
+    assert main(["render", str(fitted[1] / "model.smoe.npz"), "-o", str(tmp_path / target)]) == 2
+    _one_line_error(capsys)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_eval_rejects_bad_input(fitted, tmp_path, capsys):
+    image, _ = fitted
+    assert main(["eval", str(image), str(tmp_path / "missing.png")]) == 2
+    _one_line_error(capsys)
+    small = tmp_path / "small.png"
+    write_image(small, np.zeros((20, 30, 3)))
+    assert main(["eval", str(image), str(small)]) == 2
+    assert "same size" in _one_line_error(capsys)
+
+
+def test_usage_errors(capsys):
+    assert main([]) == 2
+    _one_line_error(capsys)
+    assert main(["frobnicate"]) == 2
+    _one_line_error(capsys)
+    assert main(["render", "m.npz"]) == 2  # -o is required
+    _one_line_error(capsys)
+
+
+# ==================================================================== help and debug
+def test_debug_raises_with_traceback(tmp_path):
+    with pytest.raises(ImageError):
+        main(["--debug", "fit", str(tmp_path / "missing.png"), *FAST])
+    with pytest.raises(ModelFileError):
+        main(["info", "--debug", str(tmp_path / "missing.npz")])
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in cli.COMMANDS)])
+def test_every_option_has_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    assert "usage: smoe" in capsys.readouterr().out
+    parser = cli.build_parser()
+    if command:
+        parser = parser._subparsers._group_actions[0].choices[command[0]]
+    for action in parser._actions:
+        assert action.help, f"option {action.option_strings or action.dest} of smoe {command} lacks help"
+
+
+def test_python_dash_m_smoe_help():
+    done = subprocess.run([sys.executable, "-m", "smoe", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "fit" in done.stdout and "render" in done.stdout
