@@ -9,13 +9,14 @@ Budget rule.  With ``k`` clusters wanted per block and a budget of L kernels,
 the lattice has about ``L / k`` blocks, i.e. a block side of about
 ``sqrt(H W k / L)`` px.  The budget is then shared over the blocks in
 proportion to their pixel counts (largest remainders, ties broken at random),
-so blocks get ``floor(L / n_blocks)`` or one more cluster and the total is
-exactly L.  A block never gets more clusters than pixels, because L <= H W.
+so every block gets about ``L / n_blocks`` clusters and the total is exactly
+L.  A block never gets more clusters than pixels, because L <= H W.
 
 Features.  Positions are measured in block sides, so they span [0, 1) inside a
-block, and colours (in [0, 1]) are multiplied by ``colour_weight``: with the
-default weight a colour step of ``1 / colour_weight`` per channel pulls as hard
-as crossing the whole block.  A weight of 0 clusters on position only.
+block, and colours (in [0, 1]) are multiplied by ``colour_weight``: a colour
+step of ``1 / colour_weight`` in one channel weighs as much as a move across
+the whole block (with the default 1, a black-to-white step in one channel).
+A weight of 0 clusters on position only.
 
 All blocks are clustered together as one padded batch of shape
 (n_blocks, pixels_per_block, features); padding pixels carry no weight.
@@ -205,8 +206,8 @@ def block_kmeans(feats: np.ndarray, mask: np.ndarray, k: np.ndarray, iters: int,
         Every cluster is non-empty.
     """
     active = np.arange(max(int(k.max()), 1)) < k[:, None]            # (B, K)
-    centroids = _seed_plus_plus(feats, mask, active, rng)
     norms = (feats ** 2).sum(-1)
+    centroids = _seed_plus_plus(feats, norms, mask, active, rng)
     assign = _assign(feats, norms, mask, centroids, active)
     for _ in range(iters):
         centroids = _centroids(feats, assign, active)
@@ -214,76 +215,96 @@ def block_kmeans(feats: np.ndarray, mask: np.ndarray, k: np.ndarray, iters: int,
     return assign
 
 
-def _seed_plus_plus(feats, mask, active, rng):
-    """(B, K, F) k-means++ seeds: each next seed is a pixel drawn with probability ~ squared distance."""
+def _sq_dist(feats, norms, centres):
+    """(B, P, K) squared distances between pixels (B, P, F) and centres (B, K, F).
+
+    ``|f - c|^2 = |f|^2 - 2 f.c + |c|^2`` as a batched matrix product: much
+    faster than reducing a (B, P, K, F) difference over its short last axis.
+    """
+    d = norms[..., None] - 2.0 * feats @ centres.transpose(0, 2, 1) + (centres ** 2).sum(-1)[:, None, :]
+    return np.maximum(d, 0.0)
+
+
+def _seed_plus_plus(feats, norms, mask, active, rng):
+    """(B, K, F) greedy k-means++ seeds.
+
+    Each next seed is the best, by the resulting sum of squared distances, of a
+    few pixels drawn with probability proportional to the squared distance to
+    the seeds so far.  The extra candidates matter for thin features such as a
+    one-pixel strip of another colour at a block border, which a single draw
+    misses often enough to leave a cluster that mixes two colours.
+    """
     b, p, f = feats.shape
     n_k = active.shape[1]
-    blocks = np.arange(b)
+    trials = 2 + int(math.log(n_k))
+    rows = np.arange(b)
     centroids = np.zeros((b, n_k, f), feats.dtype)
     d2 = mask.astype(np.float64)                                     # first seed: uniform over real pixels
     for j in range(n_k):
         # Only duplicate pixels could leave no mass; fall back to a uniform draw then.
         d2 = np.where(d2.sum(1, keepdims=True) > 0, d2, mask)
         cum = np.cumsum(d2, 1)
-        u = (1.0 - rng.random(b)) * cum[:, -1]                       # in (0, total], never picks zero mass
-        pick = np.minimum((cum < u[:, None]).sum(1), p - 1)
-        centroids[:, j] = feats[blocks, pick]
-        new = ((feats - centroids[:, j:j + 1]) ** 2).sum(-1)
-        d2 = np.where(active[:, j:j + 1], np.minimum(d2, new) if j else new, d2) * mask
+        u = (1.0 - rng.random((b, trials))) * cum[:, -1:]            # in (0, total], never picks zero mass
+        cand = np.minimum((cum[:, None, :] < u[..., None]).sum(-1), p - 1)            # (B, T)
+        new = _sq_dist(feats, norms, feats[rows[:, None], cand])                      # (B, P, T)
+        if j:
+            new = np.minimum(d2[..., None], new)
+        best = (new * mask[..., None]).sum(1).argmin(1)
+        centroids[:, j] = feats[rows, cand[rows, best]]
+        d2 = np.where(active[:, j:j + 1], new[rows, :, best], d2) * mask
     return centroids
 
 
 def _assign(feats, norms, mask, centroids, active):
-    """(B, P) nearest active centroid of every pixel (-1 on padding), with empty clusters re-seeded.
-
-    ``norms`` (B, P) holds the squared feature norms ``|f|^2``.
-    """
-    # |f - c|^2 = |f|^2 - 2 f.c + |c|^2 as a batched matrix product: much faster than
-    # reducing a (B, P, K, F) difference over its short last axis.
-    d = norms[..., None] - 2.0 * feats @ centroids.transpose(0, 2, 1) + (centroids ** 2).sum(-1)[:, None, :]
-    d = np.where(active[:, None, :], np.maximum(d, 0.0), np.inf)               # (B, P, K)
-    assign = d.argmin(-1)
-    dist = np.take_along_axis(d, assign[..., None], -1)[..., 0]
-    assign = np.where(mask, assign, -1)
-    _reseed_empty(assign, np.where(mask, dist, -np.inf), active)
+    """(B, P) nearest active centroid of every pixel (-1 on padding), with empty clusters re-seeded."""
+    d = np.where(active[:, None, :], _sq_dist(feats, norms, centroids), np.inf)     # (B, P, K)
+    assign = np.where(mask, d.argmin(-1), -1)
+    counts = _cluster_counts(assign, active.shape[1])
+    if (active & (counts == 0)).any():
+        dist = np.where(mask, d.min(-1), -np.inf)
+        _reseed_empty(assign, dist, counts, active)
     return assign
+
+
+def _slots(assign, n_k):
+    """(B, P) flat index ``block * (K + 1) + cluster``; padding goes to each block's spare slot K."""
+    return np.arange(assign.shape[0])[:, None] * (n_k + 1) + np.where(assign >= 0, assign, n_k)
 
 
 def _cluster_counts(assign, n_k):
     """(B, K) pixel count of every cluster; padding (assign -1) is skipped."""
     b = assign.shape[0]
-    slot = (np.arange(b)[:, None] * n_k + assign)[assign >= 0]
-    return np.bincount(slot, minlength=b * n_k).reshape(b, n_k)
+    return np.bincount(_slots(assign, n_k).ravel(), minlength=b * (n_k + 1)).reshape(b, n_k + 1)[:, :n_k]
 
 
 def _cluster_sums(assign, values, n_k):
-    """(B, K) pixel counts and (B, K, F) sums of ``values`` (B, P, F) over every cluster."""
-    b = assign.shape[0]
-    real = assign >= 0
-    slot = (np.arange(b)[:, None] * n_k + assign)[real]
-    counts = np.bincount(slot, minlength=b * n_k).reshape(b, n_k)
-    flat = values[real]
-    sums = np.stack([np.bincount(slot, flat[:, f], minlength=b * n_k) for f in range(flat.shape[1])], -1)
-    return counts, sums.reshape(b, n_k, -1)
+    """(B, K, F) sums of ``values`` (B, P, F) over every cluster; padding is skipped."""
+    b, p, f = values.shape
+    slot = _slots(assign, n_k).ravel()
+    flat = values.reshape(b * p, f)
+    sums = np.stack([np.bincount(slot, flat[:, i], minlength=b * (n_k + 1)) for i in range(f)], -1)
+    return sums.reshape(b, n_k + 1, f)[:, :n_k]
 
 
 def _centroids(feats, assign, active):
     """(B, K, F) cluster means; all active clusters are non-empty after :func:`_assign`."""
-    counts, sums = _cluster_sums(assign, feats, active.shape[1])
+    counts = _cluster_counts(assign, active.shape[1])
+    sums = _cluster_sums(assign, feats, active.shape[1])
     return (sums / np.maximum(counts, 1)[..., None]).astype(feats.dtype)
 
 
-def _reseed_empty(assign, dist, active):
-    """Give every empty active cluster the farthest pixel of a cluster with at least two pixels (in place)."""
-    n_k = active.shape[1]
-    counts = _cluster_counts(assign, n_k)
+def _reseed_empty(assign, dist, counts, active):
+    """Give every empty active cluster the farthest pixel of a cluster with at least two pixels.
+
+    ``assign``, ``dist`` (squared distance of each pixel to its centroid, -inf
+    on padding) and ``counts`` are updated in place.
+    """
     blocks = np.arange(assign.shape[0])
-    for j in range(n_k):
+    for j in range(active.shape[1]):
         empty = active[:, j] & (counts[:, j] == 0)
         if not empty.any():
             continue
-        owner = np.maximum(assign, 0)
-        can_give = (assign >= 0) & (np.take_along_axis(counts, owner, 1) > 1)
+        can_give = (assign >= 0) & (np.take_along_axis(counts, np.maximum(assign, 0), 1) > 1)
         pick = np.where(can_give, dist, -np.inf).argmax(1)
         b, p = blocks[empty], pick[empty]
         counts[b, assign[b, p]] -= 1
@@ -295,7 +316,8 @@ def _reseed_empty(assign, dist, active):
 def _cluster_means(assign, k, xy, colours):
     """(L, 2) centroids in pixels and (L, C) mean colours of all non-empty active clusters."""
     n_k = max(int(k.max()), 1)
-    counts, sums = _cluster_sums(assign, np.concatenate([xy, colours], -1), n_k)
+    counts = _cluster_counts(assign, n_k)
+    sums = _cluster_sums(assign, np.concatenate([xy, colours], -1), n_k)
     keep = (np.arange(n_k) < k[:, None]) & (counts > 0)
     means = sums[keep] / counts[keep][:, None]
     return means[:, :2], means[:, 2:].astype(np.float32)
