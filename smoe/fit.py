@@ -142,6 +142,23 @@ class _Parameters:
         self.mu, self.chol, self.pi, self.experts = (g["params"][0] for g in optimizer.param_groups)
 
 
+def _rbf_experts(model: Model, image: np.ndarray) -> Model:
+    """Divide each expert by the kernel density at its centre.
+
+    Initializers set experts to the image value under the centre, which is right
+    for normalised SMoE gates; an RBF sums overlapping kernels instead and would
+    start far too bright.  Dividing by the summed kernel weight at the centre
+    makes the initial RBF render approximate the image as well.
+    """
+    h, w, _ = image.shape
+    ones = torch.ones(len(model), 1, dtype=model.dtype)
+    density = rasterize(model.mu, model.chol, model.pi, ones, h, w, mode="rbf")[..., 0]
+    cols = model.mu[:, 0].long().clamp(0, w - 1)
+    rows = model.mu[:, 1].long().clamp(0, h - 1)
+    scale = density[rows, cols].clamp(min=1.0).unsqueeze(1)
+    return Model.unchecked(model.mu, model.chol, model.pi, model.experts / scale)
+
+
 def _progress(total: int, quiet: bool):
     if quiet:
         return None
@@ -205,6 +222,8 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
             raise ValueError(f"n_kernels must be an integer between 1 and the pixel count {h * w}, got {n_kernels}")
         start = initialize(init, img, None if n_kernels is None else int(n_kernels), seed=seed,
                            **(init_options or {}))
+        if mode == "rbf":
+            start = _rbf_experts(start, img)
     if start.channels != c:
         raise ValueError(f"initial model has {start.channels} channels but the image has {c}")
     init_seconds = time.perf_counter() - t0

@@ -120,3 +120,11 @@ def test_bad_arguments(kwargs, message):
 def test_bad_images(image, message):
     with pytest.raises(ValueError, match=message):
         fit(image, 5)
+
+
+def test_rbf_start_is_normalised_by_kernel_density():
+    # Dense, heavily overlapping kernels: raw experts would sum to several times the image.
+    img = np.full((32, 32, 3), 0.5, np.float32)
+    res = fit(img, 200, mode="rbf", iters=1, log_every=1, lr_mu=0, lr_chol=0, lr_experts=0)
+    first = res.history[0]["psnr"]
+    assert first > 20  # about right from the start, not 4x too bright
