@@ -30,6 +30,9 @@ VARIANTS = {
     "chol1e-2-exp1e-2": {**PAPER, "lr_chol": 1e-2, "lr_experts": 1e-2},
     "chol1e-2-mu3e-2": {**PAPER, "lr_chol": 1e-2, "lr_mu": 3e-2},
     "chol1e-2-mufinal1e-3": {**PAPER, "lr_chol": 1e-2, "lr_mu_final": 1e-3},
+    "chol1e-1": {**PAPER, "lr_chol": 1e-1},
+    "chol3e-2-exp3e-3": {**PAPER, "lr_chol": 3e-2, "lr_experts": 3e-3},
+    "chol3e-2-mufinal1e-3": {**PAPER, "lr_chol": 3e-2, "lr_mu_final": 1e-3},
     "defaults": {},
 }
 

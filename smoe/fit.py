@@ -32,10 +32,10 @@ class FitSettings:
 
     iters: int = 2000
     lr_mu: float = 0.01
-    lr_mu_final: float = 1e-5
-    lr_chol: float = 0.001
+    lr_mu_final: float = 1e-3
+    lr_chol: float = 0.03
     lr_pi: float = 0.001
-    lr_experts: float = 0.001
+    lr_experts: float = 0.003
     lam: float = 0.0
     prune_every: int = 100
     target_psnr: float | None = None
