@@ -315,6 +315,15 @@ def _add_fit(sub, common) -> None:
     p.add_argument("image", nargs="?", metavar="IMAGE",
                    help="image file to fit (PNG, JPEG, TIFF, BMP; 8 or 16 bit, grey or RGB); "
                         "default: the bundled demo image (Kodak 23, 384x256)")
+    _add_fit_options(p)
+    p.add_argument("-o", "--output", metavar="OUTDIR", default=None,
+                   help="output directory, created if missing (default: smoe-out/<image name>)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bar, no summary)")
+    p.set_defaults(run=_run_fit)
+
+
+def _add_fit_options(p) -> None:
+    """The model and optimizer options of ``fit``, shared with ``fit-batch``."""
     p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=_N_DEFAULT, metavar="N",
                    help="initial number of kernels, at most the pixel count (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="smoe",
@@ -338,10 +347,6 @@ def _add_fit(sub, common) -> None:
     p.add_argument("--init", choices=available_initializers(), default=_INIT_DEFAULT,
                    help="where the kernels start (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
-    p.add_argument("-o", "--output", metavar="OUTDIR", default=None,
-                   help="output directory, created if missing (default: smoe-out/<image name>)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bar, no summary)")
-    p.set_defaults(run=_run_fit)
 
 
 def _run_fit(args) -> int:
@@ -454,6 +459,105 @@ def _print_fit_summary(report: dict, outdir: Path) -> None:
           f"renders in {q['render_ms']:.1f} ms")
     print(f"outputs in {outdir}/: {', '.join(FIT_OUTPUTS)}")
     print(f"next: smoe render {outdir / FIT_OUTPUTS[0]} --scale 2 -o {outdir / 'x2.png'}")
+
+
+# ============================================================ fit-batch
+def _add_fit_batch(sub, common) -> None:
+    from .executor import BACKENDS
+
+    p = sub.add_parser("fit-batch", parents=[common], help="fit many images, in parallel or on a Dask cluster",
+                       description="Fit every image of the given files, folders and glob patterns as 'smoe fit' "
+                       "would, on local workers or on an existing Dask cluster. A rerun skips each image whose "
+                       "outputs are complete and whose input and settings are unchanged, so running the same "
+                       "command again finishes an interrupted batch.",
+                       epilog="Outputs: OUTDIR/<image name>/ with " + ", ".join(FIT_OUTPUTS) + " for each image; "
+                       "OUTDIR/summary.csv and summary.md (one row per image: status, kernels, PSNR, SSIM, MS-SSIM, "
+                       "LPIPS, seconds, error) and manifest.json. A failed image is recorded and the others are "
+                       "still fitted; the exit status is then 2. Running across machines: docs/distributed.md.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (their image files) or quoted glob patterns such as 'frames/*.png'")
+    _add_fit_options(p)
+    p.add_argument("-o", "--output", metavar="OUTDIR", default="smoe-out",
+                   help="output folder, created if missing; one subfolder per image (default: %(default)s)")
+    where = p.add_argument_group("where the fits run")
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="images fitted at the same time on this machine (default: one per core, at most one "
+                            "per image)")
+    where.add_argument("--threads", type=_positive_int, default=1, metavar="T",
+                       help="numba and torch threads per worker; keep workers x T within the cores. Results are "
+                            "identical for any number of workers at the same T (default: %(default)s)")
+    where.add_argument("--scheduler", metavar="ADDR", default=None,
+                       help="address of a running Dask scheduler, e.g. tcp://host:8786, whose workers fit the "
+                            "images (they need smoe installed; start them with --nthreads 1)")
+    where.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="'inprocess': one image after the other in this process; 'processes': a local process "
+                            "pool; 'dask': a Dask cluster; 'auto': in-process for one worker, else Dask "
+                            "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings (no progress bar)")
+    p.set_defaults(run=_run_fit_batch)
+
+
+def _run_fit_batch(args) -> int:
+    from .batch import BATCH_FILES, BatchError, fit_batch
+    from .executor import ExecutorError
+
+    settings = _fit_settings(args)
+    if args.scheduler is not None and args.workers is not None:
+        raise CliError("--workers starts local workers and --scheduler uses a cluster's own; give only one of them")
+    if args.scheduler is not None and args.backend not in ("auto", "dask"):
+        raise CliError(f"--scheduler needs the dask backend; drop --backend {args.backend}")
+    options = {"n_kernels": args.n_kernels, "mode": args.mode, "scope": args.scope, "init": args.init,
+               "seed": args.seed, **settings}
+    outdir = Path(args.output)
+    created = _prepare_outdir(outdir, BATCH_FILES)
+    try:
+        with _sigterm_as_interrupt():
+            result = fit_batch(args.inputs, outdir, options=options, workers=args.workers or "auto",
+                               scheduler=args.scheduler, threads_per_worker=args.threads, backend=args.backend,
+                               quiet=args.quiet)
+    except (BatchError, ExecutorError) as exc:
+        _remove_empty(created)
+        raise CliError(str(exc)) from exc
+    except BaseException:
+        _remove_empty(created)
+        raise
+    if not args.quiet:
+        _print_batch_summary(result)
+    if result.failed:
+        first = result.failed[0]
+        raise CliError(f"{len(result.failed)} of {len(result.rows)} images failed, the first {first['image']}: "
+                       f"{first['error']}; see {outdir / 'summary.md'}, fix or remove them and rerun to finish")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Let SIGTERM stop a batch as Ctrl-C does: summary written, workers shut down."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_batch_summary(result) -> None:
+    fitted, seconds = result.count("fitted"), result.seconds
+    rate = f" ({60 * fitted / seconds:.1f} images/min)" if fitted and seconds > 0 else ""
+    print(f"done in {seconds:.1f} s: {fitted} fitted{rate}, {result.count('skipped')} unchanged (skipped), "
+          f"{len(result.failed)} failed")
+    psnrs = [row["psnr"] for row in result.rows if row["psnr"] is not None]
+    if psnrs:
+        print(f"  mean PSNR {sum(psnrs) / len(psnrs):.2f} dB over {len(psnrs)} images")
+    print(f"outputs in {result.outdir}/<image>/; summary in {result.outdir / 'summary.md'}")
 
 
 # =============================================================== render
@@ -589,7 +693,8 @@ def _bandwidth(model: Model) -> dict | None:
 
 
 #: Subcommand name -> function adding its parser to the subparsers (with the shared options parent).
-COMMANDS: dict[str, Callable] = {"fit": _add_fit, "render": _add_render, "eval": _add_eval, "info": _add_info}
+COMMANDS: dict[str, Callable] = {"fit": _add_fit, "fit-batch": _add_fit_batch, "render": _add_render,
+                                 "eval": _add_eval, "info": _add_info}
 
 
 if __name__ == "__main__":  # pragma: no cover
