@@ -62,4 +62,4 @@ def round_kernels(centres: np.ndarray, sigma, image: np.ndarray) -> Model:
 
 
 # Built-in initializers register themselves on import.
-from . import grid, kmeans, random, segment  # noqa: E402,F401
+from . import adaptive, grid, kmeans, random, segment  # noqa: E402,F401

@@ -4,12 +4,12 @@ The image is segmented with MDBSCAN; every segment gets a square *corona
 bounding block* (CBB) that is resampled to ``block x block`` pixels; a small
 SMoE model is fitted to every CBB by gradient descent, doubling its kernels
 until it reaches a target PSNR (AS Algorithm 1); the kernels whose centres lie
-inside their segment are mapped back to the image and together form the
+inside their segment are carried back to the image and together form the
 initial model.  The kernel count is an outcome of the target PSNR, not an
-input.
+input (``n_kernels`` only caps it).
 
-Decisions (the papers are silent or loose on these)
-----------------------------------------------------
+Decisions (where the papers are silent or where measurement overruled them)
+--------------------------------------------------------------------------
 Boxes.  Side ``S = max(bbox height, bbox width) + 2 * corona`` in whole
 pixels, centred on the segment's bounding box (rounded down to a whole
 pixel).  Where the box fits inside the image it is shifted inside, so it
@@ -17,54 +17,83 @@ holds real pixels only (it still contains the segment, whose box is not
 larger); on an axis shorter than ``S`` it stays centred and the missing
 pixels replicate the nearest edge pixel.  Either way the box is an exact
 square of integer origin ``o`` and the local -> image map is
-``x = o + s * u`` with ``s = S / block``, so the export is exact.
+``x = o + s * u`` with ``s = S / block``.
+
+Large segments are tiled (``max_side``, default 96 px).  The paper uses one
+CBB per segment, so a background segment of 500 px is shrunk 16x and a
+32 x 32 fit of it says little about the full-size image; such segments also
+received almost no kernels (on kodim23 the largest segment, a quarter of the
+image, kept 14).  A segment whose box would exceed ``max_side`` is covered by
+a grid of equal square cells of at most ``max_side - 2 * corona`` px, and
+each cell holding segment pixels becomes a CBB (cell plus corona) that owns
+exactly those pixels.  ``max_side=None`` restores one CBB per segment.
 
 Resampling.  Block pixel (i, j) stands for the image square
 ``o + s * [j, j + 1) x [i, i + 1)``.  Shrinking (``s > 1``) averages the image
-over that square with exact fractional pixel overlaps (area averaging, an
+over that square with fractional pixel overlaps (area averaging, an
 anti-aliasing box filter); enlarging (``s < 1``) samples bilinearly at the
 square's centre.  Both are separable ``(block, n)`` weight matrices.
 
 Batched local fits.  All blocks are fitted together in one "mosaic" image
 rendered by :func:`smoe.fused_cpu.rasterize_cpu` with hand-made tile bins:
 each block is cut into its ``(block / 16)^2`` tiles of 16 x 16 pixels, and a
-tile lists exactly the kernels of its own block, so every block is a global
-SMoE on its own and blocks never interact.  The tiles of one block are *not*
-neighbours in the mosaic: sub-tile q of block b is tile ``q * B + b``, and
-every kernel is passed once per sub-tile with its centre shifted to that
-tile.  Each kernel copy then touches one tile only, so its gradient is
-summed by one thread, and the copies are added up in a fixed order here:
-results do not depend on the thread count, the number of blocks fitted
-together, or a block's place in the mosaic.  For the same reason local
-centres are kept on a grid of ``2**-12`` px: a centre plus its mosaic shift
-is then exact in float32.  Adam is run in NumPy with elementwise operations
-only (per-kernel step counts; bias corrections from a table), which is also
-independent of how the kernels are batched.  Hence ``workers=2`` gives
-bit-for-bit the result of ``workers=1``.
+tile lists only kernels of its own block, so blocks never interact.  The
+tiles of one block are *not* neighbours in the mosaic: sub-tile q of block b
+is tile ``q * B + b``, and every kernel is passed once per sub-tile with its
+centre shifted to that tile.  Each kernel copy then touches one tile only, so
+its gradient is summed by one thread, and the copies are added up here in a
+fixed order: results depend neither on the thread count, nor on which
+blocks are fitted together, nor on a block's place in the mosaic.  For the
+same reason local centres are kept on a grid of ``2**-12`` px (a centre plus
+its mosaic shift is then exact in float32), per-block errors are summed per
+tile row, and Adam runs in NumPy with elementwise operations only
+(per-kernel step counts, bias corrections from a table).  Hence
+``workers=2`` gives bit for bit the result of ``workers=1``.  A kernel is
+listed only on the sub-tiles its 99 % box touches (``cull``), i.e. every
+block is a rasterized SMoE in the sense of SPEC §1, which is cheaper once
+kernels have shrunk.
 
 Algorithm 1 details.  L = 10 kernels per block at uniform random centres,
 round with standard deviation ``block / (2 sqrt(L))`` (about 5 px: ten such
 disks tile the block), ``pi = 1 / L``, experts = the block pixel under the
 centre.  Per block the loss is MSE + ``lam * sum(pi)``; the parameters are
-centres, ``(log b00, b10, log b11)`` and ``pi`` and experts, as in
+centres, ``(log b00, b10, log b11)``, ``pi`` and experts, as in
 :mod:`smoe.fit`.  Every iteration each block's PSNR is measured and its best
 parameters (by PSNR) are kept; a block whose PSNR reaches ``target_psnr`` is
 frozen and leaves the mosaic.  Kernels whose ``pi`` drops to ``<= 0`` are
 removed at once.  Every ``double_every`` iterations each block still fitting
-doubles its kernels (unless that exceeds ``max_kernels``): every kernel gets a
-copy whose centre is jittered by a normal offset of ``jitter`` px, both keep
-half the gate weight (so the block's output barely moves), and both keep the
-parent's Adam state.  After ``max_iters`` iterations the best parameters of
-every block are used.
+doubles its kernels: every kernel gets a copy whose centre is jittered by a
+normal offset of ``jitter`` px, both keep half the gate weight (so the
+block's output barely moves), and both keep the parent's Adam state.  A
+block that may not double any more (``max_kernels``) gives up at that
+checkpoint instead of running on to ``max_iters`` (``stop_at_cap``): with the
+defaults (10 -> 20 -> 40 kernels, C = 30) every block is done after 90
+iterations.  Each block ends with its best parameters.
 
-Export.  A kernel is kept if the image pixel under its mapped centre belongs
-to its segment; the others ("supporting" kernels) are dropped.
-``mu = o + s * mu_local`` and ``B = B_local / s`` (covariance times ``s^2``);
-``bandwidth_factor`` widens every kernel (``B /= factor``).  Gate weights
-are rescaled per block to a mean of 1: blocks that doubled more often have
-smaller gates, which would otherwise lose every boundary to blocks with few
-kernels in the global model.  With a kernel budget, the kernels owning the
-fewest image pixels (estimated from gate weight times kernel area) go first.
+Export (``export="moments"``, the default).  A kernel is kept if the image
+pixel under its mapped centre (``o + s mu_local``) is one its block owns;
+the others ("supporting" kernels, AS Section IV-B) are dropped.  The exact
+geometric map (``B = B_local / s``, ``export="exact"``) reproduces each local
+model perfectly, but without its supporting kernels a kernel's gate is no
+longer bounded at the segment edge, and in the assembled model kernels reach
+far into other segments: on kodim23 45 % of the pixels were ruled (gate
+share > 90 %) by kernels of other segments, and the initial PSNR was
+15.9 dB against 19.8 dB for a grid of as many kernels.  So the kept kernels
+of a block instead share the block's own pixels at full resolution through
+their local SMoE gates, and each kernel becomes the Gaussian of the pixels it
+gates: gate-weighted centroid and covariance (plus 1/12 px^2, a pixel's own
+extent), the gate-weighted mean colour as expert, and
+``pi = mass / sqrt(det Sigma)``, which makes the model behave like a Gaussian
+mixture classifier of the regions, so large and small regions from different
+blocks compete fairly.  Kernels gating less than a pixel are dropped; a block
+left without kernels gets one Gaussian of all its pixels.  The positions,
+shapes and number of regions still come from the local fits.
+``bandwidth_factor`` multiplies every exported kernel's extent.  With a
+kernel budget (``n_kernels``) every block keeps its largest kernel, the
+budget is filled with the next largest (by pixels gated), and the export is
+repeated with only those, so the survivors take over the dropped kernels'
+pixels (on kodim05 a budget of 1 000, a quarter of the natural 3 958, costs
+0.5 dB); a budget below the number of blocks just cuts the smallest.
 """
 
 from __future__ import annotations
@@ -80,7 +109,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..model import Model
+from ..model import CHI2_99, Model
 from ..tiles import TILE, TileBins, TileGrid
 from . import register
 
@@ -117,13 +146,21 @@ class LocalFitSettings:
     lr_chol, lr_pi, lr_experts : Adam steps for ``(log b00, b10, log b11)``,
         gate weights and experts
     jitter : standard deviation (px) of the centre offset of a doubled kernel
+    outside_weight : weight of the block pixels outside the block's own
+        pixels in the loss and PSNR (1: plain MSE, as the paper)
+    init_in_segment : draw initial centres from the block's own pixels
+        (weighted as the loss) instead of uniformly
+    stop_at_cap : a block that may not double any more gives up at the
+        checkpoint instead of iterating to ``max_iters``
+    cull : list a kernel only on the sub-tiles of its block that its 99 %
+        box touches
     """
 
     kernels: int = 10
     target_psnr: float = 30.0
     max_iters: int = 300
-    double_every: int = 50
-    max_kernels: int = 80
+    double_every: int = 30
+    max_kernels: int = 40
     lam: float = 1e-4
     lr_mu: float = 0.2
     lr_mu_final: float = 0.02
@@ -131,6 +168,10 @@ class LocalFitSettings:
     lr_pi: float = 0.005
     lr_experts: float = 0.02
     jitter: float = 0.5
+    outside_weight: float = 1.0
+    init_in_segment: bool = False
+    stop_at_cap: bool = True
+    cull: bool = True
 
     def validate(self) -> "LocalFitSettings":
         for name in ("kernels", "max_iters", "double_every", "max_kernels"):
@@ -141,10 +182,13 @@ class LocalFitSettings:
             raise ValueError(f"max_kernels ({self.max_kernels}) must be at least kernels ({self.kernels})")
         if not _is_real(self.target_psnr) or not math.isfinite(self.target_psnr):
             raise ValueError(f"target_psnr must be a finite number of dB, got {self.target_psnr!r}")
-        for name in ("lam", "lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts", "jitter"):
+        for name in ("lam", "lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts", "jitter", "outside_weight"):
             v = getattr(self, name)
             if not _is_real(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("init_in_segment", "stop_at_cap", "cull"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         return self
 
 
@@ -156,24 +200,33 @@ def _is_real(v) -> bool:
 class AdaptiveReport:
     """What one AS-SMoE initialization did.
 
-    segments : number of segments (= CBBs)
+    segments : number of segments
+    blocks : number of CBBs (more than segments where large segments are tiled)
     blocks_reached_target : blocks whose local PSNR reached the target
     kernels_local : kernels of all blocks' best local models (pi > 0)
-    kernels_exported : of those, the ones inside their segment
+    kernels_inside : of those, the ones whose centre lies on a pixel their block owns
+    kernels_exported : kernels after the export (moments mode drops kernels that
+        gate almost nothing and adds one for a block left empty)
     kernels_final : kernels in the returned model (after the ``n_kernels`` cap)
+    fallback_kernels : blocks that got a single Gaussian of their pixels
     iterations : iterations the batched local fit ran (the slowest block's)
     mean_block_iterations : iterations per block, averaged
     mean_block_psnr : best local PSNR per block (block pixels), averaged
-    seconds_segmentation, seconds_local_fit, seconds_export, seconds_total
-    block_psnr, block_kernels, block_iterations : (segments,) per-block arrays
+    seconds_segmentation : MDBSCAN plus cutting and resampling the CBBs
+    seconds_local_fit, seconds_export, seconds_total
+    block_psnr, block_kernels, block_iterations : (blocks,) per-block arrays:
+        best local PSNR, kernels of the best local model, iterations run
     settings : the settings used
     """
 
     segments: int
+    blocks: int
     blocks_reached_target: int
     kernels_local: int
+    kernels_inside: int
     kernels_exported: int
     kernels_final: int
+    fallback_kernels: int
     iterations: int
     mean_block_iterations: float
     mean_block_psnr: float
@@ -233,8 +286,34 @@ def _place(lo: int, hi: int, side: int, n: int) -> int:
     return start
 
 
-def corona_boxes(labels: np.ndarray, corona: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Square corona bounding boxes of the segments 1..N of a dense label map.
+@dataclass
+class Blocks:
+    """The corona bounding blocks of a segmentation.
+
+    origins : (B, 2) int64
+        ``(x0, y0)`` of each box's top-left corner in pixel-edge coordinates;
+        negative where the image is smaller than the box.
+    sides : (B,) int64
+        Box side in pixels.
+    segment : (B,) int64
+        The dense label (1..N) of the segment each block belongs to.
+    owner : (H, W) int32
+        The block each segment pixel is fitted and exported by (-1: no segment).
+        One block per segment, or, for segments tiled by ``max_side``, the block
+        whose core cell holds the pixel.
+    """
+
+    origins: np.ndarray
+    sides: np.ndarray
+    segment: np.ndarray
+    owner: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sides)
+
+
+def corona_blocks(labels: np.ndarray, corona: int = 5, max_side: int | None = None) -> Blocks:
+    """Square corona bounding blocks of the segments 1..N of a dense label map.
 
     Parameters
     ----------
@@ -242,28 +321,57 @@ def corona_boxes(labels: np.ndarray, corona: int = 5) -> tuple[np.ndarray, np.nd
         Labels 1..N (0 = no segment), e.g. from :func:`dense_labels`.
     corona : int
         Margin added on every side of the segment's square box (px).
+    max_side : int, optional
+        Largest box side (px, corona included).  A segment whose box would be
+        larger is covered by a grid of equal square core cells of side at most
+        ``max_side - 2 * corona``, centred on its bounding box; every cell that
+        holds pixels of the segment becomes a block of its own.  None: one box
+        per segment, however large (the AS paper).
 
     Returns
     -------
-    origins : (N, 2) int64
-        ``(x0, y0)`` of each box's top-left corner in pixel-edge coordinates;
-        may be negative where the image is smaller than the box.
-    sides : (N,) int64
-        Box side in pixels.
+    Blocks
     """
     h, w = labels.shape
-    boxes = ndimage.find_objects(labels)
-    n = len(boxes)
-    origins = np.zeros((n, 2), np.int64)
-    sides = np.zeros(n, np.int64)
-    for k, box in enumerate(boxes):
+    if max_side is not None and max_side - 2 * corona < 1:
+        raise ValueError(f"max_side ({max_side}) must exceed twice the corona ({corona})")
+    origins, sides, segment = [], [], []
+    owner = np.full((h, w), -1, np.int32)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
-            raise ValueError(f"label {k + 1} is empty; renumber the labels with dense_labels first")
+            raise ValueError(f"label {k} is empty; renumber the labels with dense_labels first")
         rows, cols = box
-        side = max(rows.stop - rows.start, cols.stop - cols.start) + 2 * corona
-        origins[k] = (_place(cols.start, cols.stop, side, w), _place(rows.start, rows.stop, side, h))
-        sides[k] = side
-    return origins, sides
+        bh, bw = rows.stop - rows.start, cols.stop - cols.start
+        extent = max(bh, bw)
+        core = extent if max_side is None else max_side - 2 * corona
+        mine = labels[rows, cols] == k
+        if extent <= core:
+            owner[rows, cols][mine] = len(sides)
+            side = extent + 2 * corona
+            origins.append((_place(cols.start, cols.stop, side, w), _place(rows.start, rows.stop, side, h)))
+            sides.append(side)
+            segment.append(k)
+            continue
+        m = -(-extent // core)
+        cell = -(-extent // m)
+        x0 = cols.start + (bw - m * cell) // 2
+        y0 = rows.start + (bh - m * cell) // 2
+        ys, xs = np.nonzero(mine)
+        cy = (ys + rows.start - y0) // cell
+        cx = (xs + cols.start - x0) // cell
+        cells, cell_of = np.unique(cy * m + cx, return_inverse=True)
+        owner[ys + rows.start, xs + cols.start] = len(sides) + cell_of
+        side = cell + 2 * corona
+        for c in cells.tolist():
+            # The core clipped to the image, and the box centred on it.
+            cx0, cy0 = x0 + (c % m) * cell, y0 + (c // m) * cell
+            lx, hx = max(cx0, 0), min(cx0 + cell, w)
+            ly, hy = max(cy0, 0), min(cy0 + cell, h)
+            origins.append((_place(lx, hx, side, w), _place(ly, hy, side, h)))
+            sides.append(side)
+            segment.append(k)
+    return Blocks(np.array(origins, np.int64).reshape(-1, 2), np.array(sides, np.int64),
+                  np.array(segment, np.int64), owner)
 
 
 def resample_weights(start: int, side: int, n: int, size: int) -> tuple[np.ndarray, int, int]:
@@ -303,28 +411,31 @@ def resample_weights(start: int, side: int, n: int, size: int) -> tuple[np.ndarr
     return full[:, c0:c1], c0, c1
 
 
-def extract_blocks(image: np.ndarray, origins: np.ndarray, sides: np.ndarray, block: int = 32) -> np.ndarray:
+def extract_blocks(image: np.ndarray, blocks: Blocks, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Resample every box of an image to ``block x block`` pixels.
 
     Parameters
     ----------
     image : (H, W, C) float array
-    origins : (B, 2) int, ``(x0, y0)`` per box
-    sides : (B,) int
+    blocks : Blocks
     block : int
 
     Returns
     -------
-    (B, block, block, C) float32
+    pixels : (B, block, block, C) float32
+    masks : (B, block, block) float32
+        The fraction of each block pixel covered by the pixels the block owns.
     """
     h, w, c = image.shape
-    out = np.empty((len(sides), block, block, c), np.float32)
-    for b, ((x0, y0), side) in enumerate(zip(origins.tolist(), sides.tolist())):
+    out = np.empty((len(blocks), block, block, c), np.float32)
+    masks = np.empty((len(blocks), block, block), np.float32)
+    for b, ((x0, y0), side) in enumerate(zip(blocks.origins.tolist(), blocks.sides.tolist())):
         wy, r0, r1 = resample_weights(y0, side, h, block)
         wx, c0, c1 = resample_weights(x0, side, w, block)
         tmp = np.tensordot(wy, image[r0:r1, c0:c1].astype(np.float64), axes=(1, 0))  # (block, cw, C)
         out[b] = np.einsum("jk,ikc->ijc", wx, tmp)
-    return out
+        masks[b] = wy @ (blocks.owner[r0:r1, c0:c1] == b).astype(np.float64) @ wx.T
+    return out, masks
 
 
 # ----------------------------------------------------------------------------
@@ -337,8 +448,9 @@ class Mosaic:
     Sub-tile q (row-major among the block's ``(block/16)^2`` tiles) of block b
     is mosaic tile ``q * n_blocks + b``; mosaic tiles are laid out row-major,
     :data:`_MOSAIC_TILES_X` per row.  Kernels are held in *local* block
-    coordinates ``[0, block)^2``; the kernels of block b are the rows
-    ``[kstart[b], kend[b])`` of the parameter arrays.
+    coordinates ``[0, block)^2``, rows grouped by block in ascending order.
+    Per-block pixel arrays travel in *tile layout* ``(nq, n_blocks, 256, C)``
+    (:meth:`split`, :meth:`merge`), which needs no reordering per iteration.
     """
 
     def __init__(self, n_blocks: int, block: int):
@@ -365,33 +477,63 @@ class Mosaic:
         """The most blocks of side ``block`` one mosaic holds."""
         return _MOSAIC_MAX_TILES // (block // TILE) ** 2
 
-    def to_tiles(self, blocks: np.ndarray) -> np.ndarray:
-        """(n_blocks, block, block, C) -> (H, W, C) mosaic image (unused tiles are 0)."""
+    def split(self, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, block, block, C) -> (nq, n_blocks, 256, C): the blocks in tile layout."""
         B, k, C = self.n_blocks, self.k, blocks.shape[-1]
-        a = blocks.reshape(B, k, TILE, k, TILE, C).transpose(1, 3, 0, 2, 4, 5).reshape(self.tiles, TILE, TILE, C)
-        full = np.zeros((self.nty * self.ntx, TILE, TILE, C), blocks.dtype)
-        full[: self.tiles] = a
-        return full.reshape(self.nty, self.ntx, TILE, TILE, C).transpose(0, 2, 1, 3, 4).reshape(
+        a = blocks.reshape(B, k, TILE, k, TILE, C).transpose(1, 3, 0, 2, 4, 5)
+        return np.ascontiguousarray(a).reshape(self.nq, B, TILE * TILE, C)
+
+    def merge(self, tiles: np.ndarray) -> np.ndarray:
+        """(nq, n_blocks, 256, C) -> (n_blocks, block, block, C)."""
+        B, k, C = self.n_blocks, self.k, tiles.shape[-1]
+        a = tiles.reshape(k, k, B, TILE, TILE, C).transpose(2, 0, 3, 1, 4, 5)
+        return np.ascontiguousarray(a).reshape(B, self.block, self.block, C)
+
+    def _gather(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) mosaic image -> (nq, n_blocks, 256, C)."""
+        C = image.shape[-1]
+        a = np.ascontiguousarray(image.reshape(self.nty, TILE, self.ntx, TILE, C).transpose(0, 2, 1, 3, 4))
+        return a.reshape(self.nty * self.ntx, TILE * TILE, C)[: self.tiles].reshape(
+            self.nq, self.n_blocks, TILE * TILE, C)
+
+    def _scatter(self, tiles: np.ndarray) -> np.ndarray:
+        """(nq, n_blocks, 256, C) -> (H, W, C) mosaic image (unused tiles are 0)."""
+        C = tiles.shape[-1]
+        full = np.zeros((self.nty * self.ntx, TILE, TILE, C), tiles.dtype)
+        full[: self.tiles] = tiles.reshape(self.tiles, TILE, TILE, C)
+        return np.ascontiguousarray(full.reshape(self.nty, self.ntx, TILE, TILE, C).transpose(0, 2, 1, 3, 4)).reshape(
             self.grid.height, self.grid.width, C)
 
-    def from_tiles(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, C) mosaic image -> (n_blocks, block, block, C)."""
-        B, k, C = self.n_blocks, self.k, image.shape[-1]
-        a = image.reshape(self.nty, TILE, self.ntx, TILE, C).transpose(0, 2, 1, 3, 4)
-        a = a.reshape(self.nty * self.ntx, TILE, TILE, C)[: self.tiles]
-        return a.reshape(k, k, B, TILE, TILE, C).transpose(2, 0, 3, 1, 4, 5).reshape(B, self.block, self.block, C)
+    def bins(self, owner: np.ndarray, touch: np.ndarray | None = None) -> TileBins:
+        """Bins listing, for every tile, the copies of its block's kernels made for that sub-tile.
 
-    def bins(self, kstart: np.ndarray, kend: np.ndarray, n_kernels: int) -> TileBins:
-        """Bins listing, for every tile, the copy of its block's kernels made for that sub-tile."""
-        starts = np.zeros(self.nty * self.ntx, np.int64)
-        ends = np.zeros_like(starts)
-        base = np.arange(self.nq)[:, None] * n_kernels
-        starts[: self.tiles] = (base + kstart[None, :]).ravel()
-        ends[: self.tiles] = (base + kend[None, :]).ravel()
-        ids = torch.arange(self.nq * n_kernels)
-        return TileBins(torch.from_numpy(starts), torch.from_numpy(ends), ids)
+        owner : (N,) ascending block of each kernel
+        touch : (nq, N) bool, optional
+            Whether kernel j reaches sub-tile q; None lists every kernel of a
+            block on all its sub-tiles (a global SMoE per block).
+        """
+        n = len(owner)
+        if touch is None:
+            touch = np.ones((self.nq, n), bool)
+        ids = np.concatenate([q * n + np.nonzero(touch[q])[0] for q in range(self.nq)]) if n else \
+            np.zeros(0, np.int64)
+        counts = np.zeros(self.nty * self.ntx, np.int64)
+        counts[: self.tiles] = np.concatenate(
+            [np.bincount(owner[touch[q]], minlength=self.n_blocks) for q in range(self.nq)])
+        ends = np.cumsum(counts)
+        return TileBins(torch.from_numpy(ends - counts), torch.from_numpy(ends),
+                        torch.from_numpy(ids.astype(np.int64)))
 
-    def render(self, mu, chol, pi, experts, owner, *, grad: bool = False):
+    def reach(self, mu: np.ndarray, chol: np.ndarray) -> np.ndarray:
+        """(nq, N) bool: kernel j's 99 % box (as :func:`smoe.tiles.bin_kernels`) touches sub-tile q."""
+        r = _bounding_radius(chol)
+        t0 = np.floor((mu - r[:, None]) / TILE)
+        t1 = np.floor((mu + r[:, None]) / TILE)
+        q = np.arange(self.nq)
+        qx, qy = (q % self.k)[:, None], (q // self.k)[:, None]
+        return (t0[None, :, 0] <= qx) & (qx <= t1[None, :, 0]) & (t0[None, :, 1] <= qy) & (qy <= t1[None, :, 1])
+
+    def render(self, mu, chol, pi, experts, owner, *, grad: bool = False, cull: bool = False):
         """Render local kernels; block of kernel j is ``owner[j]`` (sorted ascending).
 
         Parameters
@@ -402,21 +544,23 @@ class Mosaic:
         experts : (N, C) float32
         owner : (N,) int, ascending, in ``[0, n_blocks)``
         grad : bool
-            Also return a function ``backward(gout)`` that, given dLoss/dimage as
-            (n_blocks, block, block, C), returns the gradients for mu, chol, pi,
-            experts as NumPy arrays.
+            Also return a function ``backward(gout)`` that, given dLoss/dimage in
+            tile layout, returns the gradients for mu, chol, pi, experts as
+            NumPy arrays.
+        cull : bool
+            List a kernel only on the sub-tiles its 99 % box touches (a
+            rasterized SMoE per block, cheaper for small kernels); False: every
+            kernel acts on its whole block.
 
         Returns
         -------
-        (n_blocks, block, block, C) float32 array [, backward]
+        (nq, n_blocks, 256, C) float32 array in tile layout (:meth:`merge` turns
+        it into blocks) [, backward]
         """
         from ..fused_cpu import rasterize_cpu
 
         n = mu.shape[0]
-        blocks = np.arange(self.n_blocks)
-        kstart = np.searchsorted(owner, blocks, "left")
-        kend = np.searchsorted(owner, blocks, "right")
-        bins = self.bins(kstart, kend, n)
+        bins = self.bins(owner, self.reach(mu, chol) if cull else None)
         # One copy of every kernel per sub-tile; the add is exact on the quantum grid.
         mu_m = (mu[None] + self.shift[:, owner]).reshape(-1, 2)
         leaves = [torch.from_numpy(np.ascontiguousarray(a)) for a in
@@ -426,12 +570,12 @@ class Mosaic:
                 t.requires_grad_()
         with torch.set_grad_enabled(grad):
             out = rasterize_cpu(*leaves, self.grid, bins, mode="smoe")
-        image = self.from_tiles(out.detach().numpy())
+        image = self._gather(out.detach().numpy())
         if not grad:
             return image
 
         def backward(gout: np.ndarray):
-            out.backward(torch.from_numpy(np.ascontiguousarray(self.to_tiles(gout))))
+            out.backward(torch.from_numpy(self._scatter(gout)))
             result = []
             for t in leaves:
                 g = t.grad.numpy().reshape(self.nq, n, *t.shape[1:])
@@ -470,8 +614,18 @@ def render_blocks(mu, chol, pi, experts, owner, n_blocks: int, block: int = 32) 
         hi = min(n_blocks, lo + step)
         sel = (own >= lo) & (own < hi)
         mosaic = Mosaic(hi - lo, block)
-        out.append(mosaic.render(m[sel], pick(chol)[sel], pick(pi)[sel], pick(experts)[sel], own[sel] - lo))
+        tiles = mosaic.render(m[sel], pick(chol)[sel], pick(pi)[sel], pick(experts)[sel], own[sel] - lo)
+        out.append(mosaic.merge(tiles))
     return np.concatenate(out) if out else np.zeros((0, block, block, np.shape(experts)[1]), np.float32)
+
+
+def _bounding_radius(chol: np.ndarray) -> np.ndarray:
+    """(N,) NumPy twin of :func:`smoe.model.bounding_radius`: major semi-axis of the 99 % ellipse."""
+    b00, b10, b11 = (chol[:, i].astype(np.float64) for i in range(3))
+    p00, p01, p11 = b00 * b00 + b10 * b10, b10 * b11, b11 * b11
+    disc = np.sqrt(0.25 * (p00 - p11) ** 2 + p01 * p01)
+    lam_min = np.maximum((b00 * b11) ** 2 / (0.5 * (p00 + p11) + disc), np.finfo(np.float64).tiny)
+    return np.sqrt(CHI2_99 / lam_min)
 
 
 def _quantize(mu: np.ndarray) -> np.ndarray:
@@ -506,13 +660,25 @@ class _Adam:
         p -= np.float32(lr) * mhat / (np.sqrt(vhat) + np.float32(_ADAM_EPS))
 
 
-def _initial_kernels(blocks: np.ndarray, block_ids: np.ndarray, base_seed: int, cfg: LocalFitSettings):
-    """L random round kernels per block; a generator per block seeded by (base_seed, block id)."""
+def _initial_kernels(blocks: np.ndarray, weights: np.ndarray, block_ids: np.ndarray, base_seed: int,
+                     cfg: LocalFitSettings):
+    """L random round kernels per block; a generator per block seeded by (base_seed, block id).
+
+    Centres are uniform over the block, or with ``cfg.init_in_segment`` drawn
+    with probability proportional to the pixel weights (uniform inside a pixel).
+    """
     B, size, _, C = blocks.shape
     L = cfg.kernels
     gens = [np.random.default_rng([base_seed, int(i)]) for i in block_ids]
-    mu = _quantize(np.concatenate([g.uniform(0.0, size, (L, 2)) for g in gens]).astype(np.float32)) \
-        if B else np.zeros((0, 2), np.float32)
+    if cfg.init_in_segment:
+        cells = []
+        for g, wb in zip(gens, weights):
+            p = wb.ravel().astype(np.float64)
+            cell = g.choice(size * size, L, p=p / p.sum())
+            cells.append(np.stack([cell % size, cell // size], 1) + g.uniform(0.0, 1.0, (L, 2)))
+    else:
+        cells = [g.uniform(0.0, size, (L, 2)) for g in gens]
+    mu = _quantize(np.concatenate(cells).astype(np.float32)) if B else np.zeros((0, 2), np.float32)
     owner = np.repeat(np.arange(B), L)
     sigma = size / (2.0 * math.sqrt(L))
     lc = np.tile(np.array([-math.log(sigma), 0.0, -math.log(sigma)], np.float32), (B * L, 1))
@@ -522,8 +688,19 @@ def _initial_kernels(blocks: np.ndarray, block_ids: np.ndarray, base_seed: int, 
     return gens, {"mu": mu, "lc": lc, "pi": pi, "ex": ex, "owner": owner}
 
 
+def _diag(lc: np.ndarray) -> np.ndarray:
+    """(N, 2) Cholesky diagonal ``exp(lc[:, [0, 2]])``.
+
+    NumPy's float32 exp runs every element of a contiguous array through the
+    same SIMD code (the tail is masked, not done in scalar code), so a
+    kernel's value does not depend on its position in the batch.
+    """
+    return np.exp(np.ascontiguousarray(lc[:, [0, 2]]))
+
+
 def _chol(lc: np.ndarray) -> np.ndarray:
-    return np.stack([np.exp(lc[:, 0]), lc[:, 1], np.exp(lc[:, 2])], 1).astype(np.float32)
+    d = _diag(lc)
+    return np.stack([d[:, 0], lc[:, 1], d[:, 1]], 1).astype(np.float32)
 
 
 class _LocalFit:
@@ -536,12 +713,18 @@ class _LocalFit:
     (doubling, pruning, freezing) its aligned snapshot moves to ``archive``.
     """
 
-    def __init__(self, blocks, block_ids, base_seed, cfg: LocalFitSettings):
+    def __init__(self, blocks, masks, block_ids, base_seed, cfg: LocalFitSettings):
         self.cfg = cfg
         self.blocks = np.ascontiguousarray(blocks, np.float32)
         B, self.size, _, C = blocks.shape
         self.npx = self.size * self.size * C
-        self.gens, k = _initial_kernels(self.blocks, block_ids, base_seed, cfg)
+        # Pixel weights: 1 on the segment, outside_weight elsewhere, mean 1 per block.
+        if masks is None:
+            masks = np.ones((B, self.size, self.size), np.float32)
+        wgt = cfg.outside_weight + (1.0 - cfg.outside_weight) * masks.astype(np.float64)
+        wgt = wgt / np.maximum(wgt.mean(axis=(1, 2), keepdims=True), 1e-12)
+        self.weights = np.ascontiguousarray(wgt[..., None], np.float32)  # (B, size, size, 1)
+        self.gens, k = _initial_kernels(self.blocks, self.weights[..., 0], block_ids, base_seed, cfg)
         for name in _PARAMS:
             k["m_" + name] = np.zeros_like(k[name])
             k["v_" + name] = np.zeros_like(k[name])
@@ -555,7 +738,7 @@ class _LocalFit:
         self.iters = np.zeros(B, np.int64)
         self.reached = np.zeros(B, bool)
         self.adam = _Adam(cfg.max_iters)
-        self._mosaic_for: tuple | None = None
+        self._mos = None  # mosaic of the active blocks, rebuilt when that set changes
 
     # -- bookkeeping ---------------------------------------------------------
     def _rows(self, b):
@@ -574,14 +757,12 @@ class _LocalFit:
         self.k = {name: a[keep] for name, a in self.k.items()}
 
     def _mosaic(self):
-        ids = np.nonzero(self.active)[0]
-        key = tuple(ids)
-        if self._mosaic_for != key:
-            self._mosaic_for = key
-            self._ids = ids
-            self._mos = Mosaic(len(ids), self.size)
-            self._target = self.blocks[ids]
-        return self._ids, self._mos, self._target
+        if self._mos is None:
+            self._ids = np.nonzero(self.active)[0]
+            self._mos = Mosaic(len(self._ids), self.size)
+            self._target = self._mos.split(self.blocks[self._ids])
+            self._weight = self._mos.split(self.weights[self._ids])
+        return self._ids, self._mos, self._target, self._weight
 
     # -- one iteration -------------------------------------------------------
     def run(self):
@@ -603,11 +784,18 @@ class _LocalFit:
 
     def _iterate(self, it, last, lr_mu):
         cfg, k = self.cfg, self.k
-        ids, mosaic, target = self._mosaic()
+        ids, mosaic, target, weight = self._mosaic()
         slot = np.searchsorted(ids, k["owner"])
-        image, backward = mosaic.render(k["mu"], _chol(k["lc"]), k["pi"], k["ex"], slot, grad=True)
+        chol = _chol(k["lc"])
+        image, backward = mosaic.render(k["mu"], chol, k["pi"], k["ex"], slot, grad=True, cull=cfg.cull)
         diff = image - target
-        mse = np.square(diff.reshape(len(ids), -1).astype(np.float64)).sum(1) / self.npx
+        wdiff = weight * diff
+        # Row sums per sub-tile, then the sub-tiles in a fixed order: independent of batching.
+        part = (wdiff * diff).reshape(mosaic.nq, len(ids), -1).sum(-1)
+        mse = part[0].astype(np.float64)
+        for q in range(1, mosaic.nq):
+            mse += part[q]
+        mse /= self.npx
         with np.errstate(divide="ignore"):
             psnr = -10.0 * np.log10(mse)
 
@@ -624,38 +812,49 @@ class _LocalFit:
         if last:
             return
 
-        g_mu, g_chol, g_pi, g_ex = backward(diff * np.float32(2.0 / self.npx))
-        chol_diag = np.exp(k["lc"][:, [0, 2]])
+        g_mu, g_chol, g_pi, g_ex = backward(wdiff * np.float32(2.0 / self.npx))
         g_lc = g_chol.copy()
-        g_lc[:, [0, 2]] *= chol_diag
+        g_lc[:, [0, 2]] *= chol[:, [0, 2]]  # d/d(log b) = b d/db
         g_pi = g_pi + np.float32(cfg.lam)
         t = k["t"]
         t += 1
         for name, g, lr in (("mu", g_mu, lr_mu), ("lc", g_lc, cfg.lr_chol), ("pi", g_pi, cfg.lr_pi),
                             ("ex", g_ex, cfg.lr_experts)):
             self.adam.step(k[name], k["m_" + name], k["v_" + name], g, t, lr)
-        size = self.size
-        np.clip(k["mu"], -size, 2 * size, out=k["mu"])
-        k["mu"][:] = _quantize(k["mu"])
-        np.clip(k["lc"][:, [0, 2]], *_LOG_B_RANGE, out=chol_diag)
-        k["lc"][:, [0, 2]] = chol_diag
+        # Kernels that wander more than a block away are useless and would leave the exact range.
+        k["mu"][:] = _quantize(np.clip(k["mu"], -self.size, 2 * self.size))
+        k["lc"][:, [0, 2]] = np.clip(k["lc"][:, [0, 2]], *_LOG_B_RANGE)
 
         # Frozen blocks leave; dead kernels (pi <= 0) are removed at once.
-        self.active[ids[done]] = False
+        if done.any():
+            self.active[ids[done]] = False
+            self._mos = None
         dead = k["pi"] <= 0
         drop = done[slot] | dead
         if drop.any():
             self._commit(np.unique(k["owner"][drop]))
             self._select(~drop)
             emptied = self.active & (np.bincount(self.k["owner"], minlength=len(self.active)) == 0)
-            self.iters[emptied] = it
-            self.active[emptied] = False
+            if emptied.any():
+                self.iters[emptied] = it
+                self.active[emptied] = False
+                self._mos = None
         if it % cfg.double_every == 0:
-            self._double()
+            self._checkpoint(it)
 
-    def _double(self):
+    def _checkpoint(self, it):
+        """Every C iterations a block below the target doubles, or gives up if it may not grow."""
         k, cfg = self.k, self.cfg
         counts = np.bincount(k["owner"], minlength=len(self.active))
+        if cfg.stop_at_cap:
+            stuck = self.active & (2 * counts > cfg.max_kernels)
+            if stuck.any():
+                self._commit(np.nonzero(stuck)[0])
+                self.iters[stuck] = it
+                self.active[stuck] = False
+                self._mos = None
+                self._select(~stuck[k["owner"]])
+                k = self.k
         grow = self.active & (2 * counts <= cfg.max_kernels)
         if not grow.any():
             return
@@ -692,7 +891,8 @@ class _LocalFit:
                 "reached": self.reached.copy()}
 
 
-def fit_block_chunk(blocks: np.ndarray, block_ids: np.ndarray, base_seed: int, settings: dict) -> dict:
+def fit_block_chunk(blocks: np.ndarray, masks: np.ndarray | None, block_ids: np.ndarray, base_seed: int,
+                    settings: dict) -> dict:
     """Fit local SMoE models to a chunk of blocks (AS Algorithm 1), batched.
 
     A plain top-level function on NumPy arrays, so it can run in a worker process.
@@ -700,6 +900,9 @@ def fit_block_chunk(blocks: np.ndarray, block_ids: np.ndarray, base_seed: int, s
     Parameters
     ----------
     blocks : (B, block, block, C) float32
+    masks : (B, block, block) float32 or None
+        Fraction of each block pixel covered by the image pixels the block owns
+        (for ``outside_weight`` and ``init_in_segment``); None: the whole block.
     block_ids : (B,) int
         Global index of each block; block randomness comes from ``(base_seed, id)``.
     base_seed : int
@@ -717,7 +920,8 @@ def fit_block_chunk(blocks: np.ndarray, block_ids: np.ndarray, base_seed: int, s
     step = Mosaic.max_blocks(blocks.shape[1])
     parts = []
     for lo in range(0, len(blocks), step):
-        fit = _LocalFit(blocks[lo:lo + step], np.asarray(block_ids)[lo:lo + step], base_seed, cfg)
+        fit = _LocalFit(blocks[lo:lo + step], None if masks is None else masks[lo:lo + step],
+                        np.asarray(block_ids)[lo:lo + step], base_seed, cfg)
         n_it = fit.run()
         r = fit.result()
         r["owner"] = r["owner"] + lo
@@ -738,9 +942,8 @@ def _merge(parts: list[dict], index: list, channels: int) -> dict:
     out = {n: np.concatenate([p[n] for p in parts])[order] for n in ("mu", "chol", "pi", "experts")}
     out["owner"] = owner[order]
     nb = sum(len(p["psnr"]) for p in parts)
-    block_index = np.concatenate([np.arange(len(p["psnr"])) if ix is None else ix for p, ix in zip(parts, index)])
-    if index[0] is None:  # sequential chunks: blocks already in order
-        block_index = np.arange(nb)
+    # Chunks without an index are consecutive runs of blocks, already in order.
+    block_index = np.arange(nb) if index[0] is None else np.concatenate(index)
     for n in ("psnr", "iterations", "reached"):
         vals = np.concatenate([p[n] for p in parts])
         arr = np.empty_like(vals)
@@ -751,19 +954,34 @@ def _merge(parts: list[dict], index: list, channels: int) -> dict:
 
 
 def _worker_init():
-    # Workers x threads must not exceed the cores: one thread per worker.
+    # Workers x threads must not exceed the cores: one thread per worker.  The
+    # results do not depend on it (see the module notes), only the speed.
     import numba
 
     numba.set_num_threads(1)
     torch.set_num_threads(1)
 
 
-def fit_blocks(blocks: np.ndarray, base_seed: int, settings: LocalFitSettings, workers: int = 1) -> dict:
+def fit_blocks(blocks: np.ndarray, masks: np.ndarray | None, base_seed: int, settings: LocalFitSettings,
+               workers: int = 1) -> dict:
     """Fit all blocks, in this process or split over ``workers`` processes.
 
     Blocks are dealt to the workers round-robin (block i to worker i mod workers),
     which spreads easy and hard blocks evenly on average.  The result does not
-    depend on ``workers``.
+    depend on ``workers``.  Workers are *spawned* processes with one numba and
+    one torch thread each; as with any spawned pool, a script that asks for
+    ``workers > 1`` must guard its entry point with ``if __name__ ==
+    "__main__":`` (and cannot be fed to Python on stdin).  Starting the pool
+    costs a few seconds (each worker imports torch), so on two cores one
+    worker (two threads) is as fast for a single image.
+
+    Parameters
+    ----------
+    blocks : (B, block, block, C) float32
+    masks : (B, block, block) float32 or None
+    base_seed : int
+    settings : LocalFitSettings
+    workers : int
 
     Returns
     -------
@@ -774,11 +992,12 @@ def fit_blocks(blocks: np.ndarray, base_seed: int, settings: LocalFitSettings, w
     settings = asdict(settings)
     workers = min(workers, B) if B else 1
     if workers <= 1:
-        return fit_block_chunk(blocks, ids, base_seed, settings)
+        return fit_block_chunk(blocks, masks, ids, base_seed, settings)
     chunks = [ids[i::workers] for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = [pool.submit(fit_block_chunk, blocks[c], c, base_seed, settings) for c in chunks]
+        futures = [pool.submit(fit_block_chunk, blocks[c], None if masks is None else masks[c], c, base_seed,
+                               settings) for c in chunks]
         parts = [f.result() for f in futures]
     return _merge(parts, chunks, blocks.shape[-1])
 
@@ -786,52 +1005,209 @@ def fit_blocks(blocks: np.ndarray, base_seed: int, settings: LocalFitSettings, w
 # ----------------------------------------------------------------------------
 # Export
 
+EXPORTS = ("moments", "exact")
 
-def export_kernels(local: dict, labels: np.ndarray, origins: np.ndarray, sides: np.ndarray, block: int, *,
-                   bandwidth_factor: float = 1.0) -> tuple[dict, np.ndarray]:
-    """Map local kernels to the image; keep those whose centre lies in their segment.
+
+def map_to_image(local: dict, blocks: Blocks, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact local -> image map of the kernels: ``mu = o + s mu_local``, ``B = B_local / s``.
+
+    Returns
+    -------
+    mu : (N, 2) float64, chol : (N, 3) float64
+    """
+    owner = local["owner"]
+    s = blocks.sides[owner] / block
+    mu = blocks.origins[owner] + local["mu"].astype(np.float64) * s[:, None]
+    return mu, local["chol"].astype(np.float64) / s[:, None]
+
+
+def inside_kernels(mu: np.ndarray, owner: np.ndarray, blocks: Blocks) -> np.ndarray:
+    """(N,) bool: the pixel under each mapped centre is one its block owns (in its segment and core cell)."""
+    h, w = blocks.owner.shape
+    px = np.floor(mu).astype(np.int64)
+    ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+    ok[ok] = blocks.owner[px[ok, 1], px[ok, 0]] == owner[ok]
+    return ok
+
+
+def _gate_stats(xy, col, mu, chol, logpi, chunk=16384):
+    """Gate-weighted moments of pixels under an SMoE of some kernels.
+
+    xy : (P, 2) pixel centres (any origin), col : (P, C) colours,
+    mu : (K, 2), chol : (K, 3), logpi : (K,).
+
+    Returns mass (K,), first moments (K, 2), second moments (K, 2, 2), colour sums (K, C).
+    """
+    K, C = len(mu), col.shape[1]
+    mass, m1 = np.zeros(K), np.zeros((K, 2))
+    m2, mc = np.zeros((K, 2, 2)), np.zeros((K, C))
+    for lo in range(0, len(xy), chunk):
+        p, c = xy[lo:lo + chunk], col[lo:lo + chunk]
+        d = p[:, None, :] - mu[None]
+        u = chol[None, :, 0] * d[..., 0]
+        v = chol[None, :, 1] * d[..., 0] + chol[None, :, 2] * d[..., 1]
+        z = logpi[None] - 0.5 * (u * u + v * v)
+        z -= z.max(axis=1, keepdims=True)
+        r = np.exp(z)
+        r /= r.sum(axis=1, keepdims=True)
+        mass += r.sum(0)
+        m1 += r.T @ p
+        m2 += np.einsum("pk,pa,pb->kab", r, p, p)
+        mc += r.T @ c
+    return mass, m1, m2, mc
+
+
+def export_kernels(local: dict, blocks: Blocks, image: np.ndarray, block: int, *, mode: str = "moments",
+                   bandwidth_factor: float = 1.0, min_mass: float = 1.0, budget: int | None = None) -> dict:
+    """Turn the local models into image-domain kernels.
+
+    Only kernels whose mapped centre lies on a pixel their block owns are used
+    (the "supporting" kernels outside the segment are dropped).
+
+    ``mode="exact"`` maps them geometrically (``mu = o + s mu_local``,
+    ``B = B_local / s``) and keeps their experts; gates are rescaled to a
+    mean of 1 per block.
+
+    ``mode="moments"`` first maps them the same way, then lets the kept
+    kernels of a block share its pixels at full resolution by their SMoE gates
+    (supporting kernels no longer take part), and replaces each kernel by the
+    Gaussian of the pixels it gates: gate-weighted centroid and covariance
+    (plus 1/12 px^2 per axis for the pixel's own extent), the gate-weighted mean
+    colour as expert, and ``pi = mass / sqrt(det Sigma)``, a density weight,
+    so that regions of every size and block compete fairly in the global
+    model; gates have mean 1 over the image.  Kernels gating less than
+    ``min_mass`` pixels are dropped; a block left without kernels gets one
+    Gaussian of all its pixels.
 
     Parameters
     ----------
     local : dict
-        ``mu``, ``chol``, ``pi``, ``experts``, ``owner`` as from :func:`fit_blocks`;
-        block b belongs to segment ``b + 1`` of ``labels``.
-    labels : (H, W) int, dense labels 1..B
-    origins : (B, 2) int, sides : (B,) int
-        The boxes, from :func:`corona_boxes`.
+        ``mu``, ``chol``, ``pi``, ``experts``, ``owner`` from :func:`fit_blocks`.
+    blocks : Blocks
+    image : (H, W, C) float array
     block : int
+    mode : {"moments", "exact"}
     bandwidth_factor : float
-        Every kernel's extent is multiplied by this (``B /= factor``).
+        Every exported kernel's extent is multiplied by this (``B /= factor``).
+    min_mass : float
+        Pixels (moments mode).
+    budget : int, optional
+        Most kernels to export.  Moments mode keeps the largest (by gated
+        pixels) kernel of every block, fills the budget with the next largest
+        ones and exports again with only those, so the survivors grow over the
+        pixels of the dropped ones; if the budget is below the number of
+        blocks, and in exact mode, the kernels gating the fewest pixels are cut.
 
     Returns
     -------
-    kernels : dict with ``mu`` (M, 2), ``chol`` (M, 3), ``pi`` (M,), ``experts`` (M, C),
-        ``owner`` (M,) and ``pixels`` (M,), the estimated image pixels each kernel owns
-    inside : (N,) bool, which local kernels were kept
+    dict with ``mu`` (M, 2), ``chol`` (M, 3), ``pi`` (M,), ``experts`` (M, C) (float64),
+    ``owner`` (M,) block, ``mass`` (M,) pixels each kernel gates (estimated in
+    exact mode), ``source`` (M,) the local kernel each came from (-1: a block's
+    fallback), ``fallback`` (number of blocks that got the fallback kernel),
+    ``uncapped`` (M before the budget) and ``inside`` (N,) bool over the local
+    kernels.
     """
-    h, w = labels.shape
+    if mode not in EXPORTS:
+        raise ValueError(f"export must be one of {', '.join(map(repr, EXPORTS))}, got {mode!r}")
+    mu, chol = map_to_image(local, blocks, block)
     owner = local["owner"]
-    s = (sides[owner] / block).astype(np.float64)
-    mu = origins[owner].astype(np.float64) + local["mu"].astype(np.float64) * s[:, None]
-    px = np.floor(mu).astype(np.int64)
-    inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-    inside[inside] = labels[px[inside, 1], px[inside, 0]] == owner[inside] + 1
-    chol = local["chol"].astype(np.float64) / (s * bandwidth_factor)[:, None]
-    pi = local["pi"].astype(np.float64)
+    inside = inside_kernels(mu, owner, blocks)
+    if mode == "exact":
+        out = _export_exact(local, blocks, mu, chol, inside)
+    else:
+        out = _export_moments(local, blocks, image, mu, chol, inside, min_mass)
+    uncapped = len(out["pi"])
+    if budget is not None and uncapped > budget:
+        blocks_used = np.unique(out["owner"])
+        if mode == "moments" and budget >= len(blocks_used):
+            use = np.zeros(len(inside), bool)
+            chosen = _choose(out["owner"], out["mass"], budget)
+            use[out["source"][chosen][out["source"][chosen] >= 0]] = True
+            out = _export_moments(local, blocks, image, mu, chol, inside & use, min_mass)
+        if len(out["pi"]) > budget:
+            keep = np.sort(np.argsort(-out["mass"], kind="stable")[:budget])
+            out = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+    out["chol"] = out["chol"] / bandwidth_factor
+    out["inside"] = inside
+    out["uncapped"] = uncapped
+    return out
 
-    # Share of its block each kernel owns, estimated by gate weight x area, in image pixels.
-    mass = pi / (local["chol"][:, 0].astype(np.float64) * local["chol"][:, 2])
-    nb = len(sides)
-    share = mass / np.bincount(owner, mass, minlength=nb)[owner]
-    pixels = share * (sides[owner].astype(np.float64) ** 2)
-    # Gates rescaled to mean 1 per block (over the exported kernels).
-    cnt = np.bincount(owner[inside], minlength=nb)
-    tot = np.bincount(owner[inside], pi[inside], minlength=nb)
-    pi = pi * np.where(cnt > 0, cnt / np.where(tot > 0, tot, 1.0), 1.0)[owner]
 
-    kept = {"mu": mu[inside], "chol": chol[inside], "pi": pi[inside], "experts": local["experts"][inside],
-            "owner": owner[inside], "pixels": pixels[inside]}
-    return kept, inside
+def _choose(owner: np.ndarray, mass: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of ``budget`` kernels: the largest of every block, then the largest of the rest."""
+    order = np.lexsort((-mass, owner))  # by block, largest first within a block
+    first = np.ones(len(order), bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    must = order[first]
+    rest = order[~first]
+    rest = rest[np.argsort(-mass[rest], kind="stable")][: max(0, budget - len(must))]
+    return np.sort(np.concatenate([must, rest]))
+
+
+def _export_exact(local, blocks, mu, chol, inside):
+    owner, pi, nb = local["owner"], local["pi"].astype(np.float64), len(blocks)
+    # Pixels each kernel governs, estimated from gate weight x kernel area within its block.
+    weight = pi / (local["chol"][:, 0].astype(np.float64) * local["chol"][:, 2])
+    pixels = np.bincount(blocks.owner[blocks.owner >= 0], minlength=nb).astype(np.float64)
+    sel = owner[inside]
+    share = weight[inside] / np.maximum(np.bincount(sel, weight[inside], minlength=nb)[sel], 1e-300)
+    cnt = np.bincount(sel, minlength=nb)
+    tot = np.bincount(sel, pi[inside], minlength=nb)
+    scale = np.where(cnt > 0, cnt / np.where(tot > 0, tot, 1.0), 1.0)
+    return {"mu": mu[inside], "chol": chol[inside], "pi": pi[inside] * scale[sel],
+            "experts": local["experts"][inside].astype(np.float64), "owner": sel,
+            "mass": share * pixels[sel], "fallback": 0, "source": np.nonzero(inside)[0]}
+
+
+def _export_moments(local, blocks, image, mu, chol, inside, min_mass):
+    h, w, C = image.shape
+    nb = len(blocks)
+    flat_owner = blocks.owner.ravel()
+    order = np.argsort(flat_owner, kind="stable")
+    counts = np.bincount(flat_owner + 1, minlength=nb + 1)
+    starts = np.cumsum(counts) - counts
+    colours = image.reshape(-1, C).astype(np.float64)
+    own = local["owner"][inside]
+    k_src = np.nonzero(inside)[0]
+    k_mu, k_chol = mu[inside], chol[inside]
+    k_logpi = np.log(local["pi"][inside].astype(np.float64))
+    kst = np.searchsorted(own, np.arange(nb), "left")
+    ken = np.searchsorted(own, np.arange(nb), "right")
+    parts, fallback = [], 0
+    for b in range(nb):
+        pix = order[starts[b + 1]:starts[b + 1] + counts[b + 1]]
+        if len(pix) == 0:
+            continue
+        # Coordinates relative to the block's first pixel keep the moments well conditioned.
+        ref = np.array([pix[0] % w, pix[0] // w], np.float64)
+        xy = np.stack([pix % w + 0.5, pix // w + 0.5], 1) - ref
+        col = colours[pix]
+        j = slice(kst[b], ken[b])
+        m, c, lp, src = k_mu[j] - ref, k_chol[j], k_logpi[j], k_src[j]
+        stats = _gate_stats(xy, col, m, c, lp) if len(lp) else None
+        if stats is not None and (stats[0] < min_mass).any():
+            keep = stats[0] >= min_mass
+            m, c, lp, src = m[keep], c[keep], lp[keep], src[keep]
+            stats = _gate_stats(xy, col, m, c, lp) if keep.any() else None
+        if stats is None:
+            fallback += 1
+            src = np.array([-1])
+            stats = (np.array([float(len(xy))]), xy.sum(0)[None], np.einsum("pa,pb->ab", xy, xy)[None],
+                     col.sum(0)[None])
+        mass, m1, m2, mc = stats
+        centre = m1 / mass[:, None]
+        cov = m2 / mass[:, None, None] - centre[:, :, None] * centre[:, None, :] + np.eye(2) / 12.0
+        parts.append((centre + ref, cov, mass, mc / mass[:, None], np.full(len(mass), b), src))
+    centre, cov, mass, experts, owner, source = (np.concatenate([p[i] for p in parts]) for i in range(6))
+    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
+    pi = mass / np.sqrt(det)
+    pi /= pi.mean()
+    # Cholesky factor of the precision (as smoe.model.chol_from_covariance, in float64).
+    b11 = np.sqrt(cov[:, 0, 0] / det)
+    b10 = -cov[:, 0, 1] / det / b11
+    b00 = 1.0 / np.sqrt(det) / b11
+    return {"mu": centre, "chol": np.stack([b00, b10, b11], 1), "pi": pi, "experts": experts, "owner": owner,
+            "mass": mass, "fallback": fallback, "source": source}
 
 
 # ----------------------------------------------------------------------------
@@ -859,7 +1235,8 @@ def _check_image(image) -> np.ndarray:
 
 def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.random.Generator | None = None,
                               seed: int = 0, threshold: float = 40.0, labels=None, corona: int = 5,
-                              block: int = 32, workers: int = 1, bandwidth_factor: float = 1.0,
+                              block: int = 32, max_side: int | None = 96, workers: int = 1,
+                              export: str = "moments", bandwidth_factor: float = 1.0,
                               **local_options) -> tuple[Model, AdaptiveReport]:
     """AS-SMoE initialization, with a report of what it did.
 
@@ -868,10 +1245,12 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
     image : (H, W) or (H, W, C) float array in [0, 1], C = 1 or 3
     n_kernels : int, optional
         Cap on the kernel count; None keeps every exported kernel (the count then
-        follows from ``target_psnr``).
+        follows from ``target_psnr``).  Over the cap, the kernels gating the
+        fewest pixels are dropped (see ``budget`` in :func:`export_kernels`).
     rng : numpy.random.Generator, optional
         Source of the base seed; without it ``seed`` is the base seed.  Each
         block's randomness is seeded from (base seed, block index).
+    seed : int
     threshold : float
         MDBSCAN join threshold d_Th (RGB distance, 0-255 scale).
     labels : (H, W) int array, optional
@@ -880,14 +1259,19 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
         Margin (px) around each segment's square box.
     block : int
         Side of the resampled CBBs (a multiple of 16).
+    max_side : int or None
+        Largest CBB side in image pixels; larger segments are tiled (see
+        :func:`corona_blocks`).  None: one CBB per segment (the AS paper).
     workers : int
         Processes for the local fits (1: in this process, multi-threaded).
+    export : {"moments", "exact"}
+        How local kernels become image kernels (:func:`export_kernels`).
     bandwidth_factor : float
         Multiplies the extent of every exported kernel.
     **local_options
         Fields of :class:`LocalFitSettings`: ``kernels``, ``target_psnr``,
         ``max_iters``, ``double_every``, ``max_kernels``, ``lam``, learning rates,
-        ``jitter``.
+        ``jitter``, ``outside_weight``, ``init_in_segment``.
 
     Returns
     -------
@@ -902,7 +1286,11 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
     block = _check_int("block", block, TILE)
     if block % TILE:
         raise ValueError(f"block must be a multiple of {TILE}, got {block}")
+    if max_side is not None:
+        max_side = _check_int("max_side", max_side, 2 * corona + 1)
     workers = _check_int("workers", workers, 1)
+    if export not in EXPORTS:
+        raise ValueError(f"export must be one of {', '.join(map(repr, EXPORTS))}, got {export!r}")
     if not _is_real(bandwidth_factor) or not math.isfinite(bandwidth_factor) or bandwidth_factor <= 0:
         raise ValueError(f"bandwidth_factor must be a finite number > 0, got {bandwidth_factor!r}")
     unknown = set(local_options) - {f.name for f in fields(LocalFitSettings)}
@@ -912,33 +1300,32 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
     base_seed = int(rng.integers(0, 2 ** 63)) if rng is not None else _check_int("seed", seed, 0)
 
     t0 = time.perf_counter()
-    if labels is None:
+    segmented = labels is None
+    if segmented:
         from ..segment import mdbscan
 
         labels = mdbscan(img, threshold)
     dense, _ = dense_labels(labels, (h, w))
-    origins, sides = corona_boxes(dense, corona)
-    blocks = extract_blocks(img, origins, sides, block)
+    boxes = corona_blocks(dense, corona, max_side)
+    pixels, masks = extract_blocks(img, boxes, block)
     t1 = time.perf_counter()
-    local = fit_blocks(blocks, base_seed, cfg, workers)
+    local = fit_blocks(pixels, masks, base_seed, cfg, workers)
     t2 = time.perf_counter()
-    kept, _ = export_kernels(local, dense, origins, sides, block, bandwidth_factor=bandwidth_factor)
-    n_exported = len(kept["pi"])
-    sel = np.arange(n_exported)
-    if n_kernels is not None and n_exported > n_kernels:
-        # Keep the kernels that own the most image pixels; keep their original order.
-        sel = np.sort(np.argsort(-kept["pixels"], kind="stable")[:n_kernels])
-    model = Model(kept["mu"][sel].astype(np.float32), kept["chol"][sel].astype(np.float32),
-                  kept["pi"][sel].astype(np.float32), kept["experts"][sel].astype(np.float32))
+    kept = export_kernels(local, boxes, img, block, mode=export, bandwidth_factor=bandwidth_factor,
+                          budget=n_kernels)
+    model = Model(*(kept[k].astype(np.float32) for k in ("mu", "chol", "pi", "experts")))
     t3 = time.perf_counter()
 
-    B = len(sides)
+    B = len(boxes)
     report = AdaptiveReport(
-        segments=B,
+        segments=int(dense.max()),
+        blocks=B,
         blocks_reached_target=int(local["reached"].sum()),
         kernels_local=len(local["pi"]),
-        kernels_exported=n_exported,
+        kernels_inside=int(kept["inside"].sum()),
+        kernels_exported=int(kept["uncapped"]),
         kernels_final=len(model),
+        fallback_kernels=int(kept["fallback"]),
         iterations=int(local["loop_iterations"].max()),
         mean_block_iterations=float(local["iterations"].mean()) if B else 0.0,
         mean_block_psnr=float(np.mean(np.minimum(local["psnr"], 100.0))) if B else float("nan"),
@@ -949,9 +1336,10 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
         block_psnr=local["psnr"],
         block_kernels=np.bincount(local["owner"], minlength=B),
         block_iterations=local["iterations"],
-        settings={"threshold": threshold if labels is None else None, "corona": corona, "block": block,
-                  "workers": workers, "bandwidth_factor": bandwidth_factor, "n_kernels": n_kernels,
-                  "base_seed": base_seed, **asdict(cfg)},
+        settings={"threshold": threshold if segmented else None, "corona": corona, "block": block,
+                  "max_side": max_side, "workers": workers, "export": export,
+                  "bandwidth_factor": bandwidth_factor, "n_kernels": n_kernels, "base_seed": base_seed,
+                  **asdict(cfg)},
     )
     return model, report
 
