@@ -149,17 +149,22 @@ def _safe_stem(path: Path) -> str:
 
 
 # ================================================================= settings
+#: Arguments of :func:`smoe.fit` that are not FitSettings fields.
+FIT_ARGUMENTS = ("n_kernels", "mode", "scope", "init", "seed", "init_options")
+
+
 def batch_options(options: dict | None = None) -> dict:
     """Every fit option of a batch with its default filled in, validated.
 
     ``options`` holds :func:`smoe.fit` arguments (``n_kernels``, ``mode``,
-    ``scope``, ``init``, ``seed``) and :class:`smoe.fit.FitSettings` fields.
+    ``scope``, ``init``, ``seed``, ``init_options``) and
+    :class:`smoe.fit.FitSettings` fields.
     Filling in the defaults makes the settings hash the same however they were
     given.
     """
     options = dict(options or {})
     params = inspect.signature(fit).parameters
-    head = {key: options.pop(key, params[key].default) for key in ("n_kernels", "mode", "scope", "init", "seed")}
+    head = {key: options.pop(key, params[key].default) for key in FIT_ARGUMENTS}
     unknown = set(options) - {f.name for f in dataclasses.fields(FitSettings)}
     if unknown:
         raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fit.FitSettings")
@@ -214,7 +219,7 @@ def fit_image(item: dict, *, options: dict) -> dict:
         warnings.simplefilter("always")
         image = _decode_bytes(item["data"], path)
         opts = dict(options)
-        head = {key: opts.pop(key) for key in ("n_kernels", "mode", "scope", "init", "seed")}
+        head = {key: opts.pop(key) for key in FIT_ARGUMENTS}
         h, w = image.shape[:2]
         if head["n_kernels"] is not None and head["n_kernels"] > h * w:
             raise ValueError(f"{head['n_kernels']} kernels are more than the {h * w} pixels of {path} ({w}x{h}); "

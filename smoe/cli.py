@@ -46,11 +46,10 @@ from .initializers import available as available_initializers
 from .model import Model
 from .modelfile import ModelFileError, load_model, save_model
 from .render import MODES, SCOPES, kernels_per_tile, output_size, render
+from .superres import MAX_OUTPUT_PIXELS
 
 __all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
 
-#: Largest raster ``smoe render`` produces (width x height); bigger requests are refused.
-MAX_OUTPUT_PIXELS = 100_000_000
 #: Renders timed for ``render_ms`` in metrics.json (the median is reported).
 RENDER_REPEATS = 5
 #: Exit statuses.
@@ -165,6 +164,22 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
     return value
+
+
+def _kernel_count(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text)
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python-style name, got {text!r}")
+    for convert in (int, float):
+        try:
+            return key, convert(raw)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
 
 
 def _float(text: str) -> float:
@@ -324,8 +339,9 @@ def _add_fit(sub, common) -> None:
 
 def _add_fit_options(p) -> None:
     """The model and optimizer options of ``fit``, shared with ``fit-batch``."""
-    p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=_N_DEFAULT, metavar="N",
-                   help="initial number of kernels, at most the pixel count (default: %(default)s)")
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_kernel_count, default=_N_DEFAULT, metavar="N",
+                   help="initial number of kernels, at most the pixel count; 'auto' lets initializers that "
+                        "choose their own count (adaptive) do so (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="smoe",
                    help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
                         "(default: %(default)s)")
@@ -346,6 +362,9 @@ def _add_fit_options(p) -> None:
                         "(default: %(default)s)")
     p.add_argument("--init", choices=available_initializers(), default=_INIT_DEFAULT,
                    help="where the kernels start (default: %(default)s)")
+    p.add_argument("--init-option", dest="init_options", action="append", type=_key_value, default=None,
+                   metavar="KEY=VALUE", help="option for the initializer, repeatable, e.g. --init-option "
+                   "threshold=50 --init-option target_psnr=32 (see the initializer's docstring)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
 
 
@@ -355,17 +374,17 @@ def _run_fit(args) -> int:
     outdir = Path(args.output) if args.output else Path("smoe-out") / image_path.stem
     image = read_image(image_path)
     h, w = image.shape[:2]
-    if args.n_kernels > h * w:
+    if args.n_kernels is not None and args.n_kernels > h * w:
         raise CliError(f"-n {args.n_kernels} is more kernels than the {h * w} pixels of {image_path} ({w}x{h}); "
                        f"use -n {h * w} or fewer")
     created = _prepare_outdir(outdir, FIT_OUTPUTS)
     try:
         if not args.quiet:
             colour = "RGB" if image.ndim == 3 else "grey"
-            print(f"fitting {args.n_kernels} kernels ({args.mode}, {args.scope}, init {args.init}) to "
+            print(f"fitting {args.n_kernels or 'auto'} kernels ({args.mode}, {args.scope}, init {args.init}) to "
                   f"{image_path} ({w}x{h} {colour})")
         result = fit(image, args.n_kernels, mode=args.mode, scope=args.scope, init=args.init, seed=args.seed,
-                     quiet=args.quiet, **settings)
+                     init_options=dict(args.init_options or ()), quiet=args.quiet, **settings)
         report = _write_fit_outputs(outdir, image_path, image, result)
     except BaseException:
         _remove_empty(created)
@@ -507,7 +526,7 @@ def _run_fit_batch(args) -> int:
     if args.scheduler is not None and args.backend not in ("auto", "dask"):
         raise CliError(f"--scheduler needs the dask backend; drop --backend {args.backend}")
     options = {"n_kernels": args.n_kernels, "mode": args.mode, "scope": args.scope, "init": args.init,
-               "seed": args.seed, **settings}
+               "seed": args.seed, "init_options": dict(args.init_options or ()), **settings}
     outdir = Path(args.output)
     created = _prepare_outdir(outdir, BATCH_FILES)
     try:
@@ -692,9 +711,149 @@ def _bandwidth(model: Model) -> dict | None:
             "max_major": float(major.max())}
 
 
+# ============================================================== denoise
+def _add_denoise(sub, common) -> None:
+    from . import denoise as dn
+
+    p = sub.add_parser("denoise", parents=[common], help="denoise an image with averaged shifted models (MM-RSMoE)",
+                       description="Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
+                       "shifted by a different offset and its own random start, and write the mean of their "
+                       "renders. No noise level is needed.",
+                       epilog="Time grows linearly with the number of models; --workers fits models in parallel "
+                       "processes and does not change the result.")
+    p.add_argument("noisy", metavar="NOISY", help="noisy image file (PNG, JPEG, TIFF, BMP; grey or RGB)")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--models", type=_positive_int, default=None, metavar="H",
+                       help=f"number of averaged models, 1 to {dn.MAX_MODELS}, e.g. 1, 4, 8, 16 or 64; 1, 4, 16 and "
+                            f"64 use every shift of step 16, 8, 4 and 2 px, other counts spread their shifts evenly "
+                            f"(default: {dn.DEFAULT_MODELS})")
+    count.add_argument("--shift-step", type=_positive_int, default=None, metavar="S",
+                       help="shift the tile grid in steps of S px (1, 2, 4, 8 or 16) along x and y: (16/S)^2 models")
+    p.add_argument("--init", choices=available_initializers(), default="segment",
+                   help="where each model's kernels start; 'segment' draws them inside MDBSCAN segments of the "
+                        "noisy image (default: %(default)s)")
+    p.add_argument("--threshold", type=_positive_float, default=dn.DEFAULT_THRESHOLD, metavar="D",
+                   help="MDBSCAN colour threshold d_Th (RGB distance, 0-255 scale) for --init segment "
+                        "(default: %(default)g)")
+    p.add_argument("--mode", choices=MODES, default="smoe",
+                   help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
+    p.add_argument("--sigma", type=_non_negative_float, default=None, metavar="S",
+                   help="noise standard deviation on the 0-1 scale if known (e.g. 0.1 for 25.5/255); it only "
+                        "adjusts the default kernel count (default: unknown)")
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
+                   help=f"initial kernels per model (default: one per {round(1 / dn.DEFAULT_DENSITY)} pixels)")
+    p.add_argument("--iters", type=_positive_int, default=dn.DEFAULT_ITERS, metavar="N",
+                   help="gradient steps per model; many more start to reproduce the noise (default: %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="models fitted at the same time, one thread each (default: one per core, at most one per "
+                        "model)")
+    p.add_argument("--seed", type=int, default=0, help="model k starts from seed SEED + k (default: %(default)s)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="image file to write; the suffix picks the format (.png, .jpg, .tif, .bmp)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    p.set_defaults(run=_run_denoise)
+
+
+def _run_denoise(args) -> int:
+    from .denoise import default_kernels, denoise, shift_offsets
+    from .executor import ExecutorError, available_cores
+
+    if args.sigma is not None and args.sigma > 1:
+        raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
+                       f"--sigma {args.sigma / 255:.3g}")
+    offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
+    workers = args.workers or min(available_cores(), len(offsets))
+    noisy = read_image(args.noisy)
+    h, w = noisy.shape[:2]
+    n_kernels = args.n_kernels or default_kernels(h, w, args.sigma)
+    if n_kernels > h * w:
+        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {args.noisy} ({w}x{h}); "
+                       f"use -n {h * w} or fewer")
+    out = Path(args.output)
+    created = _prepare_output_file(out)
+    start = time.perf_counter()
+    try:
+        if not args.quiet:
+            print(f"denoising {args.noisy} ({w}x{h}): {len(offsets)} models of {n_kernels} kernels, {args.mode}, "
+                  f"init {args.init}, {args.iters} iterations, {workers} worker(s)")
+        with _sigterm_as_interrupt():
+            clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,
+                            n_kernels=n_kernels, iters=args.iters, sigma=args.sigma, seed=args.seed,
+                            workers=workers, quiet=args.quiet)
+        write_image(out, clean)
+    except ExecutorError as exc:
+        _remove_empty(created)
+        raise CliError(str(exc)) from exc
+    except BaseException:
+        _remove_empty(created)
+        raise
+    if not args.quiet:
+        print(f"wrote {out} ({w}x{h}) after {time.perf_counter() - start:.1f} s")
+    return EXIT_OK
+
+
+# ============================================================== upscale
+def _add_upscale(sub, common) -> None:
+    from . import superres as sr
+
+    p = sub.add_parser("upscale", parents=[common], help="fit an image and render it larger (super-resolution)",
+                       description="Fit a model to an image and render it on a finer pixel raster covering the same "
+                       "area; --sharpen below 1 narrows every kernel for crisper edges.",
+                       epilog=f"Outputs larger than {MAX_OUTPUT_PIXELS // 1_000_000} megapixels are refused. To keep "
+                       "the model, use 'smoe fit' and then 'smoe render' instead.")
+    p.add_argument("image", metavar="IMAGE", help="image file to enlarge (PNG, JPEG, TIFF, BMP; grey or RGB)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--scale", type=_positive_float, default=None, metavar="F",
+                      help="output size = input size x F, any factor > 0, e.g. 4 or 2.5")
+    size.add_argument("--size", type=_size, default=None, metavar="WxH",
+                      help="exact output size in pixels, width x height, e.g. 1920x1080 (aspect may change)")
+    p.add_argument("--sharpen", type=_positive_float, default=1.0, metavar="F",
+                   help="multiply every kernel's bandwidth by F before rendering: F < 1 (e.g. 0.9) sharpens, "
+                        "F > 1 smooths (default: %(default)g, off)")
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
+                   help=f"initial kernels, at most the pixel count (default: {sr.DEFAULT_DENSITY:g} per input "
+                        "pixel)")
+    p.add_argument("--iters", type=_positive_int, default=sr.DEFAULT_ITERS, metavar="N",
+                   help="gradient steps of the fit (default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default="smoe",
+                   help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
+    p.add_argument("--init", choices=available_initializers(), default=sr.DEFAULT_INIT,
+                   help="where the kernels start (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="image file to write; the suffix picks the format (.png, .jpg, .tif, .bmp)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress bar)")
+    p.set_defaults(run=_run_upscale)
+
+
+def _run_upscale(args) -> int:
+    from .superres import default_kernels, target_size, upscale
+
+    image = read_image(args.image)
+    h, w = image.shape[:2]
+    out_h, out_w = target_size((h, w), scale=args.scale, size=args.size)
+    n_kernels = args.n_kernels or default_kernels(h, w)
+    if n_kernels > h * w:
+        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {args.image} ({w}x{h}); "
+                       f"use -n {h * w} or fewer")
+    out = Path(args.output)
+    created = _prepare_output_file(out)
+    try:
+        big = upscale(image, size=(out_h, out_w), sharpen=args.sharpen, n_kernels=n_kernels, mode=args.mode,
+                      iters=args.iters, init=args.init, seed=args.seed, quiet=args.quiet)
+        write_image(out, big)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    if not args.quiet:
+        print(f"wrote {out} ({out_w}x{out_h} from {w}x{h}, {n_kernels} kernels, {args.mode})")
+    return EXIT_OK
+
+
 #: Subcommand name -> function adding its parser to the subparsers (with the shared options parent).
 COMMANDS: dict[str, Callable] = {"fit": _add_fit, "fit-batch": _add_fit_batch, "render": _add_render,
-                                 "eval": _add_eval, "info": _add_info}
+                                 "eval": _add_eval, "info": _add_info, "denoise": _add_denoise,
+                                 "upscale": _add_upscale}
 
 
 if __name__ == "__main__":  # pragma: no cover

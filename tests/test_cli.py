@@ -298,3 +298,23 @@ def test_python_dash_m_smoe_help():
     done = subprocess.run([sys.executable, "-m", "smoe", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fit" in done.stdout and "render" in done.stdout
+
+
+def test_fit_auto_kernel_count_and_initializer_options(tmp_path, capsys):
+    from smoe.cli import main
+    import numpy as np
+    from smoe.imageio import write_image
+    img = np.zeros((40, 48, 3), np.float32)
+    img[:, 20:] = [0.8, 0.3, 0.1]
+    src = tmp_path / "two.png"
+    write_image(src, img)
+    out = tmp_path / "auto"
+    assert main(["fit", str(src), "-n", "auto", "--init", "adaptive", "--init-option", "threshold=30",
+                 "--iters", "5", "--quiet", "-o", str(out)]) == 0
+    assert (out / "metrics.json").exists()
+    assert main(["fit", str(src), "-n", "50", "--init", "grid", "--init-option", "nonsense=1", "--iters", "5", "--quiet",
+                 "-o", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "has no option nonsense" in err and "Traceback" not in err
+    assert main(["fit", str(src), "--init", "random", "-n", "auto", "--quiet", "-o", str(tmp_path / "b2")]) == 2
+    assert "needs a kernel count" in capsys.readouterr().err

@@ -9,6 +9,7 @@ so adding an initializer never touches the fitting code.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -39,7 +40,15 @@ def initialize(name: str, image: np.ndarray, n_kernels: int | None, *, seed: int
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(available())}")
-    return _REGISTRY[name](image, n_kernels, rng=np.random.default_rng(seed), **options)
+    fn = _REGISTRY[name]
+    params = inspect.signature(fn).parameters.values()
+    accepted = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name != "rng"]
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)  # such initializers check their own options
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not open_ended:
+        raise ValueError(f"initializer {name!r} has no option {', '.join(unknown)}; "
+                         f"it takes {', '.join(accepted) or 'no options'}")
+    return fn(image, n_kernels, rng=np.random.default_rng(seed), **options)
 
 
 def require_budget(name: str, n_kernels: int | None) -> int:
