@@ -25,6 +25,7 @@ import torch
 
 import smoe
 from smoe.imageio import read_image
+from smoe.render import MODES
 from smoe.tiles import TileGrid, bin_kernels
 
 from _common import RESULTS, header, kodak_images, machine_info, markdown_table, timed
@@ -50,7 +51,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", default="kodim23")
     ap.add_argument("--kernels", type=int, nargs="+", default=[2000, 10000, 50000])
-    ap.add_argument("--mode", default="smoe", choices=smoe.render.MODES)
+    ap.add_argument("--mode", default="smoe", choices=MODES)
     ap.add_argument("--repeat", type=int, default=10, help="timed repetitions of the fused path")
     ap.add_argument("--ref-repeat", type=int, default=2, help="timed repetitions of the reference path")
     ap.add_argument("--out", default=str(RESULTS / "rasterizer.md"))
