@@ -1,0 +1,379 @@
+"""Multi-model denoising with rasterized SMoE, MM-RSMoE (R paper, Section V; SPEC §5).
+
+A single rasterized model fitted to a noisy image reproduces part of the
+noise.  MM-RSMoE fits H models to the same noisy image, each with the 16 x 16
+tile grid shifted by a different offset and started from a different random
+draw, and averages their renders: the part of each model's error that differs
+between models (its "model noise", R Eq. 10-14) shrinks like 1/H.
+
+Offsets (:func:`shift_offsets`).  A shift step ``s`` (a divisor of 16) gives
+the full grid of 2D offsets ``{0, s, 2s, ...}^2``, i.e. ``(16/s)^2`` models:
+64, 16, 4, 1 for s = 2, 4, 8, 16, as in the paper.  A model count H that is
+such a square uses that grid.  Any other H (the paper also reports 8 models)
+takes H offsets evenly spaced in raster order over the 16 x 16 offset square,
+index ``j_k = floor(256 k / H)``, and shears each row by 5 columns (mod 16), a
+rank-1-lattice layout: for H = 8 that is (0, 0), (2, 10), (4, 4), (6, 14),
+(8, 8), (10, 2), (12, 12), (14, 6), so every model cuts its tiles along a
+different row *and* a different column (all offsets are multiples of the shift
+step 2).  The shear is a bijection of the offset square, so offsets are
+always distinct.
+
+Initialization.  By default every model starts from the segmentation-based
+initializer (``init="segment"``, MDBSCAN with ``d_Th = threshold``, default 10,
+as the paper's MM-RSMoE-seg-10): MDBSCAN runs once on the noisy image and its
+labels are shared by all models, which then differ only in where the kernels
+are drawn inside the segments (model k uses ``seed + k``) and in the tile
+offset.  ``init="random"`` is the paper's plain MM-RSMoE; ``mode="rbf"`` gives
+the multi-model GaussianImage comparison.
+
+Budget.  The defaults need no noise level: :data:`DEFAULT_DENSITY` kernels per
+pixel, :data:`DEFAULT_ITERS` iterations (fewer kernels and iterations than for
+regression, so a model cannot follow the noise); see the constants for the
+measurements.  Giving ``sigma`` scales the kernel count down for strong noise
+and up for weak noise (:func:`default_kernels`).
+
+Parallelism and determinism.  The H fits are independent work units
+(:func:`fit_shift`, a top-level function on NumPy arrays) run by
+:mod:`smoe.executor`: ``workers=N`` fits N models at a time, each with one
+numba and one torch thread, and ``workers=1`` runs them in-process, also with
+one thread each.  The fused rasterizer is deterministic for a fixed thread
+count and the renders are summed in model order, so the output is
+bit-identical for any ``workers`` given the same seeds.  On a machine with n
+cores use ``workers=n``: independent fits scale better than threads inside
+one fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from .executor import Executor, make_executor
+from .fit import FitSettings, as_image, fit
+from .initializers import available as available_initializers
+from .model import Model
+from .render import MODES, _check_choice, render
+from .segment import mdbscan
+from .tiles import TILE
+
+__all__ = ["denoise", "shift_offsets", "add_noise", "default_kernels", "fit_shift", "ShiftModel",
+           "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS", "DEFAULT_THRESHOLD",
+           "MAX_MODELS"]
+
+#: Models averaged by default (the paper's "8 models" rows of Table IV).
+DEFAULT_MODELS = 8
+#: MDBSCAN threshold d_Th of the default segmentation-based initialization.
+DEFAULT_THRESHOLD = 10.0
+#: Initial kernels per pixel when no noise level is given.  Pilot at sigma^2 = 0.01, one model,
+#: 300 iterations, 256 x 256 crops: kodim23 (smooth) peaked at 1/32 (28.5 dB; 1/16: 27.3, 1/64:
+#: 27.6), kodim05 (texture) at 1/16 (25.2 dB; 1/32: 23.6, 1/8: 24.7); 1/24 sits between.
+DEFAULT_DENSITY = 1 / 24
+#: Gradient steps per model.  Longer fits follow the noise: on the kodim23 crop one model reached
+#: 28.5 dB after 300 iterations, 28.1 after 600 and 27.7 after 1200.
+DEFAULT_ITERS = 300
+#: Learning rates of the short denoising fits, pinned (not the regression defaults) because the
+#: density and iteration pilots above were measured with them.  kodim23 crop, 2048 kernels, 300
+#: steps: lr_chol 0.01 with lr_experts 0.001 gave 28.53 dB (28.66 with lr_mu_final 1e-3 instead of
+#: 1e-5); lr_experts 0.003: 28.38; lr_chol 0.03 with lr_experts 0.003: 28.17; lr_mu 0.003 or 0.03
+#: instead of 0.01: 28.39, 28.31.  Only the last iteration is logged, which saves a tile binning
+#: every 10 steps.
+DEFAULT_SETTINGS = {"lr_mu": 0.01, "lr_mu_final": 1e-3, "lr_chol": 0.01, "lr_experts": 0.001, "lr_pi": 0.001}
+#: Noise standard deviation (on [0, 1]) that :data:`DEFAULT_DENSITY` is tuned for (sigma^2 = 0.01).
+_REFERENCE_SIGMA = 0.1
+#: Every distinct 2D shift of a 16 x 16 tile grid.
+MAX_MODELS = TILE * TILE
+# Columns each row of the generic offset layout is sheared by; 5 is coprime with 16,
+# so the shear permutes columns, and it spreads 8 offsets over 8 rows and 8 columns.
+_SHEAR = 5
+
+
+@dataclass(frozen=True)
+class ShiftModel:
+    """One of the averaged models.
+
+    model : the fitted Model (in the frame of the noisy image)
+    tile_offset : ``(oy, ox)`` of its tile grid; render with the same offset
+    seed : the seed its initializer used
+    fit_seconds : wall time of its fit (initialization included)
+    """
+
+    model: Model
+    tile_offset: tuple[int, int]
+    seed: int
+    fit_seconds: float
+
+
+# ----------------------------------------------------------------- offsets
+def shift_offsets(models: int | None = None, shift_step: int | None = None) -> list[tuple[int, int]]:
+    """Tile-grid offsets ``(oy, ox)`` of the averaged models.
+
+    Parameters
+    ----------
+    models : int, optional
+        Number of models H, 1 <= H <= 256.  H in {1, 4, 16, 64, 256} gives the
+        full grid of the shift step ``16 / sqrt(H)``; any other H the sheared
+        layout described in the module docstring.
+    shift_step : int, optional
+        Shift step s in pixels, a divisor of 16: the full grid of
+        ``(16 / s)^2`` offsets.  If both are given they must agree.
+
+    Returns
+    -------
+    list of H distinct ``(oy, ox)`` tuples with ``0 <= oy, ox < 16``; the
+    first is always ``(0, 0)``.
+    """
+    if models is None and shift_step is None:
+        models = DEFAULT_MODELS
+    if shift_step is not None:
+        step = _check_shift_step(shift_step)
+        n = TILE // step
+        if models is not None and _check_models(models) != n * n:
+            raise ValueError(f"shift step {step} gives {n * n} models, not {models}; give only one of models "
+                             "and shift_step")
+        return [(oy * step, ox * step) for oy in range(n) for ox in range(n)]
+    h = _check_models(models)
+    side = math.isqrt(h)
+    if side * side == h and TILE % side == 0:
+        return shift_offsets(shift_step=TILE // side)
+    offsets = []
+    for k in range(h):
+        j = (k * MAX_MODELS) // h
+        oy, ox = divmod(j, TILE)
+        offsets.append((oy, (ox + _SHEAR * oy) % TILE))
+    return offsets
+
+
+def _check_models(models) -> int:
+    if isinstance(models, bool) or not isinstance(models, Integral) or not 1 <= models <= MAX_MODELS:
+        raise ValueError(f"models must be a whole number from 1 to {MAX_MODELS} (the distinct shifts of a "
+                         f"{TILE}x{TILE} tile grid), got {models!r}")
+    return int(models)
+
+
+def _check_shift_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, Integral) or step < 1 or TILE % step:
+        raise ValueError(f"shift step must divide the tile size {TILE} (1, 2, 4, 8 or 16 pixels), got {step!r}")
+    return int(step)
+
+
+# ------------------------------------------------------------------ noise
+def add_noise(image, variance: float, seed: int = 0, *, clip: bool = True) -> np.ndarray:
+    """Add white Gaussian noise of the given variance (on the [0, 1] scale).
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array in [0, 1]
+    variance : float
+        sigma^2 of the noise, e.g. 0.01 for sigma = 0.1 (25.5 on 0-255).
+    seed : int
+        Seeds ``numpy.random.default_rng``; the same seed gives the same noise.
+    clip : bool
+        Clip the result to [0, 1], as an 8-bit noisy file would be.  Clipping
+        makes the noise slightly non-Gaussian near black and white (and its
+        mean non-zero there); the benchmarks clip, as the paper's protocol
+        produces displayable noisy images.
+
+    Returns
+    -------
+    float32 array of the input's shape.
+    """
+    if not (isinstance(variance, Real) and math.isfinite(variance) and variance >= 0):
+        raise ValueError(f"noise variance must be a finite number >= 0, got {variance!r}")
+    clean = np.asarray(image, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    noisy = clean + rng.normal(0.0, math.sqrt(variance), clean.shape).astype(np.float32)
+    return np.clip(noisy, 0.0, 1.0) if clip else noisy
+
+
+# ----------------------------------------------------------------- budget
+def default_kernels(height: int, width: int, sigma: float | None = None) -> int:
+    """Initial kernel count per model for a ``height x width`` image.
+
+    :data:`DEFAULT_DENSITY` kernels per pixel; with a known noise level
+    ``sigma`` (std on [0, 1]) the density scales by ``(0.1 / sigma)``, capped
+    to [1/4, 2] times the default: weaker noise leaves more detail worth a
+    kernel, stronger noise needs wider kernels that average more samples (R
+    Eq. 8: the expert's variance falls with the pixels under its gate).
+    """
+    density = DEFAULT_DENSITY
+    if sigma is not None and sigma > 0:
+        density *= min(2.0, max(0.25, _REFERENCE_SIGMA / sigma))
+    return max(1, min(height * width, round(density * height * width)))
+
+
+# ------------------------------------------------------------------ work
+def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernels: int, mode: str, init: str,
+              init_options: dict, settings: dict) -> dict:
+    """Fit one model with a shifted tile grid and render it: the unit of parallel work.
+
+    Parameters
+    ----------
+    shift : (int, (int, int))
+        ``(seed, (oy, ox))``: the initializer's seed and the tile offset.
+    image : (H, W, C) float32 array
+    n_kernels, mode, init, init_options
+        As for :func:`smoe.fit`, raster scope.
+    settings : dict
+        :class:`smoe.fit.FitSettings` fields.
+
+    Returns
+    -------
+    dict with ``render`` (H, W, C) float32, the model's parameter arrays
+    ``mu``, ``chol``, ``pi``, ``experts`` and ``seconds``.
+    """
+    seed, tile_offset = shift
+    start = time.perf_counter()
+    h, w, _ = image.shape
+    result = fit(image, n_kernels, mode=mode, scope="raster", init=init, seed=seed, tile_offset=tile_offset,
+                 init_options=init_options, quiet=True, **settings)
+    with torch.no_grad():
+        out = render(result.model, h, w, mode=mode, scope="raster", tile_offset=tile_offset).numpy()
+    return {"render": out, **result.model.numpy(), "seconds": time.perf_counter() - start}
+
+
+def _in_order(outcomes):
+    """Re-order executor outcomes (completion order) by index, raising the first failure."""
+    pending, nxt = {}, 0
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+        pending[outcome.index] = outcome.value
+        while nxt in pending:
+            yield nxt, pending.pop(nxt)
+            nxt += 1
+
+
+# ------------------------------------------------------------------ main
+def _noisy_input(noisy) -> np.ndarray:
+    """The noisy image as float32 (H, W, C), clipped to [0, 1] with a warning if needed."""
+    img = as_image(noisy, "noisy image")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        warnings.warn(f"noisy image has values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); clipped to [0, 1]",
+                      stacklevel=3)
+        img = np.clip(img, 0.0, 1.0)
+    return img
+
+
+def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | None = None, init: str = "segment",
+            threshold: float = DEFAULT_THRESHOLD, mode: str = "smoe", n_kernels: int | None = None,
+            iters: int = DEFAULT_ITERS, sigma: float | None = None, seed: int = 0, workers: int = 1,
+            return_models: bool = False, quiet: bool = True, init_options: dict | None = None,
+            executor: Executor | None = None, **settings):
+    """Denoise an image by averaging H rasterized models with shifted tile grids.
+
+    Parameters
+    ----------
+    noisy : (H, W) or (H, W, C) array
+        Noisy image, float in [0, 1], C = 1 or 3.  Values outside [0, 1] are
+        clipped with a warning (noise on a [0, 1] image can overshoot; the
+        models are fitted to displayable values); NaN or infinity raises.
+    models : int, optional
+        Number of models H (see :func:`shift_offsets`); None with a
+        ``shift_step`` lets the step decide.
+    shift_step : int, optional
+        Shift step in pixels, a divisor of 16; gives ``(16 / s)^2`` models.
+    init : str
+        Initializer of every model: ``"segment"`` (default; MDBSCAN computed
+        once on the noisy image and shared), ``"random"``, or any registered
+        name.
+    threshold : float
+        MDBSCAN ``d_Th`` for ``init="segment"`` (the paper uses 10 and 20).
+    mode : {"smoe", "rbf"}
+        ``"rbf"`` is the multi-model GaussianImage comparison.
+    n_kernels : int, optional
+        Initial kernels per model; default :func:`default_kernels`.
+    iters : int
+        Gradient steps per model.
+    sigma : float, optional
+        Noise standard deviation on [0, 1] if known; only tunes the default
+        kernel count.
+    seed : int
+        Model k uses seed ``seed + k``.
+    workers : int
+        Models fitted at the same time, each with one thread
+        (:func:`smoe.executor.make_executor`); the result does not depend on it.
+        Scripts that use ``workers > 1`` need the usual
+        ``if __name__ == "__main__":`` guard (worker processes are spawned).
+    return_models : bool
+        Also return the fitted models.
+    quiet : bool
+        False prints one line per fitted model to stderr.
+    init_options : dict, optional
+        Extra initializer options.
+    executor : smoe.executor.Executor, optional
+        Run the fits on this executor (e.g. a Dask cluster) instead of one made
+        for ``workers``; it is not closed.  Keep its ``threads_per_worker`` at 1
+        for results identical to ``workers=1``.
+    **settings
+        Other :class:`smoe.fit.FitSettings` fields (``lam``, learning rates...).
+
+    Returns
+    -------
+    image : float32 array, the input's shape
+        Mean of the H renders (not clipped).
+    models : list of ShiftModel
+        Only with ``return_models=True``.
+    """
+    img = _noisy_input(noisy)
+    _check_choice("mode", mode, MODES)
+    offsets = shift_offsets(models, shift_step)
+    if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    if sigma is not None and not (isinstance(sigma, Real) and math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite noise standard deviation >= 0 (on the [0, 1] scale), "
+                         f"got {sigma!r}")
+    h, w, _ = img.shape
+    if n_kernels is None:
+        n_kernels = default_kernels(h, w, sigma)
+    settings = {**DEFAULT_SETTINGS, "log_every": iters, **settings, "iters": iters}
+    # Fail on a bad kernel count, initializer or setting here, not inside a worker.
+    _validate_fit_arguments(img, n_kernels, init, mode, settings)
+    options = dict(init_options or {})
+    if init == "segment" and "labels" not in options:
+        options["labels"] = mdbscan(img, threshold, sigma=options.pop("sigma", 1.0))
+        options["threshold"] = threshold  # still validated by the initializer
+    shifts = [(seed + k, off) for k, off in enumerate(offsets)]
+    common = {"image": img, "n_kernels": n_kernels, "mode": mode, "init": init, "init_options": options,
+              "settings": settings}
+    own = executor is None
+    ex = make_executor(min(workers, len(shifts))) if own else executor
+    # Summed in model order whatever order the fits finish in, so the float sum never depends on workers.
+    total = np.zeros_like(img, dtype=np.float64)
+    fitted = []
+    try:
+        # closing() stops the fits still running if this loop ends early (an error, Ctrl-C).
+        with contextlib.closing(ex.imap(fit_shift, shifts, **common)) as outcomes:
+            for k, out in _in_order(outcomes):
+                total += out["render"]
+                if not quiet:
+                    print(f"model {k + 1}/{len(shifts)} (tile offset {offsets[k]}): {len(out['pi'])} kernels, "
+                          f"{out['seconds']:.1f} s", file=sys.stderr, flush=True)
+                if return_models:
+                    fitted.append(ShiftModel(Model(out["mu"], out["chol"], out["pi"], out["experts"]),
+                                             offsets[k], seed + k, out["seconds"]))
+    finally:
+        if own:
+            ex.close()
+    result = (total / len(shifts)).astype(np.float32).reshape(np.shape(noisy))
+    return (result, fitted) if return_models else result
+
+
+def _validate_fit_arguments(img: np.ndarray, n_kernels, init, mode: str, settings: dict) -> None:
+    if init not in available_initializers():
+        raise ValueError(f"unknown initializer {init!r}; choose one of {', '.join(available_initializers())}")
+    cfg = FitSettings(**settings).validate()
+    if mode == "rbf" and cfg.lam > 0:
+        raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode='smoe' or lam=0")
+    h, w, _ = img.shape
+    if isinstance(n_kernels, bool) or not isinstance(n_kernels, Integral) or not 1 <= n_kernels <= h * w:
+        raise ValueError(f"n_kernels must be a whole number between 1 and the pixel count {h * w}, "
+                         f"got {n_kernels!r}")

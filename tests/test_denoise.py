@@ -1,0 +1,222 @@
+"""smoe.denoise: shifted tile grids, averaging, workers, noise and input checks (tiny images, few steps)."""
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from smoe import render
+from smoe.denoise import add_noise, default_kernels, denoise, shift_offsets
+
+H, W = 48, 64
+FAST = {"n_kernels": 40, "iters": 15}
+
+
+def _clean():
+    y, x = np.mgrid[0:H, 0:W] / np.array([H, W])[:, None, None]
+    disc = ((x - 0.6) ** 2 + (y - 0.5) ** 2 < 0.06).astype(np.float32)
+    return np.stack([x, y, 0.3 + 0.5 * disc], axis=2).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return add_noise(_clean(), 0.01, seed=3)
+
+
+# ===================================================================== offsets
+@pytest.mark.parametrize("step", [1, 2, 4, 8, 16])
+def test_shift_step_gives_the_full_grid(step):
+    offsets = shift_offsets(shift_step=step)
+    n = 16 // step
+    assert len(offsets) == n * n == len(set(offsets))
+    assert offsets[0] == (0, 0)
+    values = sorted({o for pair in offsets for o in pair})
+    assert values == list(range(0, 16, step))
+
+
+@pytest.mark.parametrize("models", [1, 2, 3, 4, 5, 8, 12, 16, 32, 64, 100, 255, 256])
+def test_any_model_count_gives_distinct_offsets_in_range(models):
+    offsets = shift_offsets(models)
+    assert len(offsets) == models == len(set(offsets))
+    assert all(0 <= oy < 16 and 0 <= ox < 16 for oy, ox in offsets)
+    assert offsets[0] == (0, 0)
+
+
+def test_square_counts_match_the_paper_and_eight_spreads_both_axes():
+    for step, models in ((2, 64), (4, 16), (8, 4), (16, 1)):
+        assert shift_offsets(models) == shift_offsets(shift_step=step)
+    eight = shift_offsets(8)
+    assert sorted(oy for oy, _ in eight) == sorted(ox for _, ox in eight) == list(range(0, 16, 2))
+    assert shift_offsets(16, 4) == shift_offsets(shift_step=4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shift_step": 3}, "divide the tile size"), ({"shift_step": 0}, "divide"), ({"shift_step": 32}, "divide"),
+    ({"models": 0}, "models must be"), ({"models": 257}, "models must be"), ({"models": 2.5}, "models must be"),
+    ({"models": 8, "shift_step": 4}, "gives 16 models"),
+])
+def test_bad_counts_and_steps(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        shift_offsets(**kwargs)
+
+
+# =================================================================== averaging
+def test_output_is_the_mean_of_the_shifted_renders(noisy):
+    out, fitted = denoise(noisy, 3, return_models=True, **FAST)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert [m.tile_offset for m in fitted] == shift_offsets(3)
+    assert [m.seed for m in fitted] == [0, 1, 2]
+    with torch.no_grad():
+        renders = [render(m.model, H, W, tile_offset=m.tile_offset).numpy() for m in fitted]
+    np.testing.assert_allclose(out, np.mean(renders, axis=0), atol=1e-6)
+    # The models differ (seeds and offsets), so averaging does something.
+    assert np.abs(renders[0] - renders[1]).max() > 1e-3
+
+
+def test_denoising_beats_the_noisy_input(noisy):
+    clean = _clean()
+    out = denoise(noisy, 2, n_kernels=60, iters=60)
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+
+
+def test_grey_input_keeps_its_shape_and_random_init_and_rbf_work(noisy):
+    grey = noisy[:, :, 0]
+    assert denoise(grey, 1, **FAST).shape == (H, W)
+    assert denoise(noisy, 1, init="random", **FAST).shape == noisy.shape
+    assert np.isfinite(denoise(noisy, 1, mode="rbf", **FAST)).all()
+
+
+def test_precomputed_labels_are_used_as_given(noisy, monkeypatch):
+    import smoe.denoise as dn
+
+    monkeypatch.setattr(dn, "mdbscan", lambda *a, **k: pytest.fail("MDBSCAN ran although labels were given"))
+    labels = np.ones((H, W), np.int32)
+    labels[:, W // 2:] = 2
+    assert denoise(noisy, 1, init_options={"labels": labels}, **FAST).shape == noisy.shape
+
+
+@pytest.mark.dask
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="workers=2 starts Dask processes")
+def test_two_workers_give_exactly_the_same_image(noisy):
+    one = denoise(noisy, 4, workers=1, **FAST)
+    two = denoise(noisy, 4, workers=2, **FAST)
+    assert np.array_equal(one, two)
+
+
+def test_kernel_budget_follows_the_noise_level():
+    base = default_kernels(512, 768)
+    assert 0 < base < 512 * 768
+    assert default_kernels(512, 768, 0.05) > base > default_kernels(512, 768, 0.3)
+    assert default_kernels(2, 2) >= 1
+
+
+# ======================================================================= noise
+def test_add_noise_is_seeded_and_clipped():
+    clean = _clean()
+    a, b = add_noise(clean, 0.01, seed=1), add_noise(clean, 0.01, seed=1)
+    assert np.array_equal(a, b) and not np.array_equal(a, add_noise(clean, 0.01, seed=2))
+    assert a.min() >= 0 and a.max() <= 1 and a.dtype == np.float32
+    raw = add_noise(clean, 0.01, seed=1, clip=False)
+    assert raw.min() < 0 or raw.max() > 1
+    assert 0.08 < np.std(raw - clean) < 0.12
+    with pytest.raises(ValueError, match="variance"):
+        add_noise(clean, -0.1)
+
+
+# ===================================================================== inputs
+def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
+    shifted = noisy * 1.4 - 0.2
+    with pytest.warns(UserWarning, match=r"outside \[0, 1\].*clipped"):
+        out = denoise(shifted, 1, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = denoise(np.clip(shifted, 0, 1), 1, **FAST)
+    assert np.array_equal(out, same)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"models": 0}, "models must be"), ({"models": None, "shift_step": 5}, "divide the tile size"),
+    ({"workers": 0}, "workers"), ({"n_kernels": 0}, "n_kernels"), ({"n_kernels": H * W + 1}, "n_kernels"),
+    ({"iters": 0}, "iters"), ({"mode": "nope"}, "mode"), ({"init": "nope"}, "unknown initializer"),
+    ({"threshold": -1}, "threshold"), ({"sigma": float("nan")}, "sigma"),
+    ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"),
+])
+def test_bad_arguments_raise_one_line_errors(noisy, kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        denoise(noisy, **{"iters": 5, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_nan_input_is_refused(noisy):
+    bad = noisy.copy()
+    bad[3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        denoise(bad, 1, **FAST)
+
+
+# ========================================================================= CLI
+@pytest.fixture
+def noisy_file(tmp_path, noisy):
+    from smoe.imageio import write_image
+
+    path = tmp_path / "noisy.png"
+    write_image(path, noisy)
+    return path
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("smoe: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
+    from smoe.cli import main
+    from smoe.imageio import read_image
+
+    out = tmp_path / "sub" / "clean.png"
+    assert main(["denoise", str(noisy_file), "--models", "2", "-n", "40", "--iters", "10", "--workers", "1",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "model 2/2" in captured.err
+    assert read_image(out).shape == (H, W, 3)
+    quiet = tmp_path / "q.png"
+    assert main(["denoise", str(noisy_file), "--shift-step", "16", "--init", "random", "--mode", "rbf", "-n", "40",
+                 "--iters", "5", "--workers", "1", "--quiet", "-o", str(quiet)]) == 0
+    assert capsys.readouterr().out == ""
+    assert quiet.exists()
+
+
+@pytest.mark.parametrize("options", [
+    ["--models", "0"], ["--models", "300"], ["--shift-step", "3"], ["--shift-step", "0"],
+    ["--models", "4", "--shift-step", "8"], ["--threshold", "0"], ["--sigma", "-0.1"], ["--sigma", "25"],
+    ["-n", "0"], ["-n", str(H * W + 1)], ["--iters", "0"], ["--workers", "0"], ["--init", "nope"],
+    ["--mode", "nope"],
+])
+def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, monkeypatch):
+    import smoe.denoise as dn
+    from smoe.cli import main
+
+    monkeypatch.setattr(dn, "fit", lambda *a, **k: pytest.fail("fitted although the request is invalid"))
+    out = tmp_path / "o" / "clean.png"
+    assert main(["denoise", str(noisy_file), *options, "-o", str(out)]) == 2
+    _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_denoise_failure_leaves_nothing(noisy_file, tmp_path, capsys, monkeypatch):
+    import smoe.denoise as dn
+    from smoe.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("simulated failure")
+
+    monkeypatch.setattr(dn, "fit", broken)
+    out = tmp_path / "a" / "clean.png"
+    assert main(["denoise", str(noisy_file), "--models", "1", "--workers", "1", "-o", str(out)]) == 2
+    assert "simulated failure" in _one_line_error(capsys)
+    assert not (tmp_path / "a").exists()
+    assert main(["denoise", str(tmp_path / "missing.png"), "-o", str(out)]) == 2
+    _one_line_error(capsys)
