@@ -318,3 +318,22 @@ def test_fit_auto_kernel_count_and_initializer_options(tmp_path, capsys):
     assert "has no option nonsense" in err and "Traceback" not in err
     assert main(["fit", str(src), "--init", "random", "-n", "auto", "--quiet", "-o", str(tmp_path / "b2")]) == 2
     assert "needs a kernel count" in capsys.readouterr().err
+
+
+def test_segment_command_writes_picture_and_labels(tmp_path, capsys):
+    from smoe.cli import main
+    import numpy as np
+    from smoe.imageio import read_image, write_image
+    img = np.zeros((40, 60, 3), np.float32)
+    img[:, 30:] = [0.9, 0.2, 0.1]
+    src = tmp_path / "two.png"
+    write_image(src, img)
+    pic, lab = tmp_path / "seg.png", tmp_path / "labels.png"
+    assert main(["segment", str(src), "-o", str(pic), "--labels", str(lab)]) == 0
+    assert "2 segments" in capsys.readouterr().out
+    assert read_image(pic).shape == (40, 60, 3)
+    labels = np.rint(read_image(lab) * 65535).astype(int)
+    assert set(np.unique(labels)) == {1, 2} and labels[0, 0] != labels[0, 59]
+    assert main(["segment", str(src), "--threshold", "-3", "-o", str(tmp_path / "x.png")]) == 2
+    assert main(["segment", str(tmp_path / "missing.png"), "-o", str(tmp_path / "y.png")]) == 2
+    assert not (tmp_path / "y.png").exists() and not (tmp_path / "x.png").exists()
