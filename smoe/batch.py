@@ -165,6 +165,8 @@ def batch_options(options: dict | None = None) -> dict:
     options = dict(options or {})
     params = inspect.signature(fit).parameters
     head = {key: options.pop(key, params[key].default) for key in FIT_ARGUMENTS}
+    # None and {} mean the same; one spelling keeps the settings hash stable between API and CLI.
+    head["init_options"] = dict(head["init_options"] or {})
     unknown = set(options) - {f.name for f in dataclasses.fields(FitSettings)}
     if unknown:
         raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fit.FitSettings")

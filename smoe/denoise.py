@@ -29,8 +29,8 @@ the multi-model GaussianImage comparison.
 Budget.  The defaults need no noise level: :data:`DEFAULT_DENSITY` kernels per
 pixel, :data:`DEFAULT_ITERS` iterations (fewer kernels and iterations than for
 regression, so a model cannot follow the noise); see the constants for the
-measurements.  Giving ``sigma`` scales the kernel count down for strong noise
-and up for weak noise (:func:`default_kernels`).
+measurements.  Giving ``sigma`` raises the kernel count for weak noise
+(:func:`default_kernels`).
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
@@ -197,15 +197,16 @@ def add_noise(image, variance: float, seed: int = 0, *, clip: bool = True) -> np
 def default_kernels(height: int, width: int, sigma: float | None = None) -> int:
     """Initial kernel count per model for a ``height x width`` image.
 
-    :data:`DEFAULT_DENSITY` kernels per pixel; with a known noise level
-    ``sigma`` (std on [0, 1]) the density scales by ``(0.1 / sigma)``, capped
-    to [1/4, 2] times the default: weaker noise leaves more detail worth a
-    kernel, stronger noise needs wider kernels that average more samples (R
-    Eq. 8: the expert's variance falls with the pixels under its gate).
+    :data:`DEFAULT_DENSITY` kernels per pixel.  With a known noise level
+    ``sigma`` (std on [0, 1]) below 0.1 the density grows by ``0.1 / sigma``,
+    at most 2x: weaker noise leaves more detail worth a kernel (one model on
+    the kodim05 crop at sigma^2 = 0.0037: 27.53 dB with the 1.64x budget,
+    26.05 without).  Stronger noise keeps the default: there the 0.45x
+    budget lost 0.46 dB at sigma^2 = 0.05 (20.39 against 20.85).
     """
     density = DEFAULT_DENSITY
     if sigma is not None and sigma > 0:
-        density *= min(2.0, max(0.25, _REFERENCE_SIGMA / sigma))
+        density *= min(2.0, max(1.0, _REFERENCE_SIGMA / sigma))
     return max(1, min(height * width, round(density * height * width)))
 
 

@@ -108,7 +108,8 @@ def test_two_workers_give_exactly_the_same_image(noisy):
 def test_kernel_budget_follows_the_noise_level():
     base = default_kernels(512, 768)
     assert 0 < base < 512 * 768
-    assert default_kernels(512, 768, 0.05) > base > default_kernels(512, 768, 0.3)
+    assert default_kernels(512, 768, 0.05) == 2 * base
+    assert default_kernels(512, 768, 0.07) > base == default_kernels(512, 768, 0.1) == default_kernels(512, 768, 0.3)
     assert default_kernels(2, 2) >= 1
 
 
