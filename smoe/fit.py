@@ -30,7 +30,7 @@ from .render import MODES, SCOPES, _check_choice, kernels_per_tile, rasterize
 class FitSettings:
     """Optimizer settings; the defaults are the measured ones documented in the README."""
 
-    iters: int = 2000
+    iters: int = 1000
     lr_mu: float = 0.01
     lr_mu_final: float = 1e-3
     lr_chol: float = 0.03
