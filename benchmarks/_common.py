@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import os
 import pathlib
@@ -68,6 +69,17 @@ def markdown_table(rows: list[dict]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def write_results(out: str, text: str, rows: list[dict]) -> None:
+    """Write a benchmark's markdown report to ``out.md`` and its rows to ``out.csv``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    with open(out + ".csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:

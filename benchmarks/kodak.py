@@ -17,7 +17,6 @@ fitting seconds needed to reach 30 dB and 32 dB.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from smoe.fit import fit
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
 
-from _common import RESULTS, header, kodak_images, markdown_table, timed
+from _common import RESULTS, header, kodak_images, markdown_table, timed, write_results
 
 METHODS = {
     "R-SMoE": ("smoe", "raster"),
@@ -118,13 +117,7 @@ def main(argv=None):
         f"kodim23, R-SMoE, pool {max(args.pools)}: {reach_text or 'n/a'} of fitting.", "",
         "### Per image", "", markdown_table(rows), ""])
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    with open(args.out + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows + means)
+    write_results(args.out, text, rows + means)
 
 
 if __name__ == "__main__":

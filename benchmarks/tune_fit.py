@@ -11,7 +11,6 @@ the measurement behind the shipped defaults (README, "Fitting defaults").
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from smoe.fit import FitSettings, fit
 from smoe.imageio import read_image
 
-from _common import RESULTS, header, kodak_images, markdown_table
+from _common import RESULTS, header, kodak_images, markdown_table, write_results
 
 PAPER = dict(lr_mu=0.01, lr_mu_final=1e-5, lr_chol=1e-3, lr_pi=1e-3, lr_experts=1e-3)
 VARIANTS = {
@@ -77,13 +76,7 @@ def main(argv=None):
                       "Variants: " + "; ".join(f"{n}={VARIANTS[n] or 'shipped defaults'}" for n in args.variants),
                       "", markdown_table(rows), ""])
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    with open(args.out + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_results(args.out, text, rows)
 
 
 if __name__ == "__main__":
