@@ -39,7 +39,6 @@ Writes benchmarks/results/denoise.md, denoise.csv and denoise_crops.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import statistics
@@ -53,7 +52,7 @@ from smoe.executor import available_cores, make_executor
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
 
-from _common import RESULTS, header, kodak_images, markdown_table
+from _common import RESULTS, header, kodak_images, markdown_table, write_results
 from scaling import load_note
 
 VARIANCES = (0.0037, 0.005, 0.01, 0.05)
@@ -254,13 +253,7 @@ def report(args, methods, rows, panels, note) -> None:
         markdown_table(ratios) if ratios else "(needs the bm3d and seg10-8 rows)", "",
         "### Per image", "", markdown_table(per_image), ""])
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    with open(args.out + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(per_image[0]))
-        wr.writeheader()
-        wr.writerows(per_image)
+    write_results(args.out, text, per_image)
     if panels is not None:
         crop_figure(args.out + "_crops.png", panels, _figure_box(panels[0][1]))
 

@@ -32,7 +32,6 @@ Writes benchmarks/results/superres.md, superres.csv and superres_x10.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import statistics
 import sys
@@ -47,7 +46,7 @@ from smoe.imageio import atomic_write_bytes, read_image
 from smoe.metrics import evaluate
 from smoe.render import render
 
-from _common import KODAK, RESULTS, header, kodak_images, markdown_table
+from _common import KODAK, RESULTS, header, kodak_images, markdown_table, write_results
 
 METHODS = ("bicubic", "lanczos", "smoe", "smoe-sharp", "rbf", "rbf-sharp")
 LABELS = {"bicubic": "Bicubic (Pillow)", "lanczos": "Lanczos (Pillow)", "smoe": "R-SMoE",
@@ -200,13 +199,7 @@ def main(argv=None):
                       "### Means", "", markdown_table(means(rows, args)), "",
                       "### Per image", "", markdown_table(per_image), ""])
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
-    with open(args.out + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(per_image[0]))
-        wr.writeheader()
-        wr.writerows(per_image)
+    write_results(args.out, text, per_image)
     if not args.no_figure:
         figure(args.out + "_x10.png", args)
 
