@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import smoe
 import smoe.segment
 from smoe.initializers import available, initialize
+from smoe.executor import InProcessExecutor, ProcessExecutor, make_executor
 from smoe.initializers import adaptive as A
 
 
@@ -321,6 +324,7 @@ def test_budget_keeps_a_kernel_per_block_and_covers_every_pixel():
     assert len(A.export_kernels(local, boxes, img, 32, mode="exact", budget=3)["pi"]) == 3
 
 
+@pytest.mark.dask  # workers=2 starts a Dask LocalCluster where Dask is installed (local processes otherwise)
 def test_workers_give_identical_results():
     img = shapes_image(seed=1)[:48, :80]
     m1, r1 = A.adaptive_init_with_report(img, seed=3, workers=1, **FAST)
@@ -329,6 +333,41 @@ def test_workers_give_identical_results():
         assert torch.equal(getattr(m1, name), getattr(m2, name)), name
     np.testing.assert_array_equal(r1.block_psnr, r2.block_psnr)
     np.testing.assert_array_equal(r1.block_iterations, r2.block_iterations)
+
+
+def assert_same_init(a, b):
+    (m1, r1), (m2, r2) = a, b
+    assert r1.blocks > 2  # enough blocks for every chunk to get some
+    for name in ("mu", "chol", "pi", "experts"):
+        assert torch.equal(getattr(m1, name), getattr(m2, name)), name
+    for name in ("block_psnr", "block_kernels", "block_iterations"):
+        np.testing.assert_array_equal(getattr(r1, name), getattr(r2, name), err_msg=name)
+
+
+def test_explicit_executors_give_identical_models():
+    img = shapes_image(seed=1)[:48, :80]
+    reference = A.adaptive_init_with_report(img, seed=3, **FAST)
+    registry = initialize("adaptive", img, None, seed=4, **FAST)  # seeds its own rng: another base seed
+    with InProcessExecutor() as ex:
+        inproc = A.adaptive_init_with_report(img, seed=3, executor=ex, **FAST)
+    assert inproc[1].settings["executor"].startswith("in-process")
+    assert_same_init(reference, inproc)
+    # Two local processes.  The executor is the caller's: still open after a first
+    # initialization, it serves a second one (here through the registry, as fit() calls it).
+    with ProcessExecutor(2) as ex:
+        assert_same_init(reference, A.adaptive_init_with_report(img, seed=3, executor=ex, **FAST))
+        model = initialize("adaptive", img, None, seed=4, executor=ex, **FAST)
+        for name in ("mu", "chol", "pi", "experts"):
+            assert torch.equal(getattr(model, name), getattr(registry, name)), name
+
+
+@pytest.mark.dask
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs dask and distributed")
+def test_dask_executor_gives_identical_models():
+    img = shapes_image(seed=1)[:48, :80]
+    reference = A.adaptive_init_with_report(img, seed=3, **FAST)
+    with make_executor(2, backend="dask") as ex:
+        assert_same_init(reference, A.adaptive_init_with_report(img, seed=3, executor=ex, **FAST))
 
 
 def test_flat_image_is_one_segment():
@@ -367,6 +406,8 @@ def test_fit_end_to_end():
     (dict(corona=-1), "corona"),
     (dict(max_side=8), "max_side"),
     (dict(workers=0), "workers"),
+    (dict(workers=1.5), "workers"),
+    (dict(executor="processes"), "executor must be a smoe.executor.Executor"),
     (dict(bandwidth_factor=0.0), "bandwidth_factor"),
     (dict(export="nearest"), "export"),
     (dict(labels=np.ones((3, 3), np.int32)), "labels"),

@@ -99,9 +99,7 @@ pixels (on kodim05 a budget of 1 000, a quarter of the natural 3 958, costs
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from numbers import Integral, Real
 
@@ -109,6 +107,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..executor import Executor, available_cores, make_executor
 from ..model import CHI2_99, Model
 from ..tiles import TILE, TileBins, TileGrid
 from . import register
@@ -953,27 +952,29 @@ def _merge(parts: list[dict], index: list, channels: int) -> dict:
     return out
 
 
-def _worker_init():
-    # Workers x threads must not exceed the cores: one thread per worker.  The
-    # results do not depend on it (see the module notes), only the speed.
-    import numba
-
-    numba.set_num_threads(1)
-    torch.set_num_threads(1)
+def _fit_chunk(block_ids: np.ndarray, *, blocks: np.ndarray, masks: np.ndarray | None, base_seed: int,
+               settings: dict) -> dict:
+    """Executor work unit: :func:`fit_block_chunk` on the blocks ``block_ids`` of the full arrays."""
+    return fit_block_chunk(blocks[block_ids], None if masks is None else masks[block_ids], block_ids, base_seed,
+                           settings)
 
 
 def fit_blocks(blocks: np.ndarray, masks: np.ndarray | None, base_seed: int, settings: LocalFitSettings,
-               workers: int = 1) -> dict:
-    """Fit all blocks, in this process or split over ``workers`` processes.
+               workers: int = 1, *, executor: Executor | None = None) -> dict:
+    """Fit all blocks on an :mod:`smoe.executor`, split into one chunk per worker.
 
-    Blocks are dealt to the workers round-robin (block i to worker i mod workers),
-    which spreads easy and hard blocks evenly on average.  The result does not
-    depend on ``workers``.  Workers are *spawned* processes with one numba and
-    one torch thread each; as with any spawned pool, a script that asks for
-    ``workers > 1`` must guard its entry point with ``if __name__ ==
-    "__main__":`` (and cannot be fed to Python on stdin).  Starting the pool
-    costs a few seconds (each worker imports torch), so on two cores one
-    worker (two threads) is as fast for a single image.
+    Blocks are dealt to the chunks round-robin (block i to chunk i mod n, n =
+    the executor's workers, at most the block count), which spreads easy and
+    hard blocks evenly on average; the result does not depend on n, on the
+    backend or on the thread count.  Without ``executor`` one is made for
+    ``workers`` (:func:`smoe.executor.make_executor`, backend ``"auto"``):
+    ``workers=1`` fits in this process with its current numba thread count;
+    more start that many worker processes (a Dask LocalCluster, or a local
+    process pool without Dask) with one numba and one torch thread each,
+    which costs a few seconds (each worker imports torch), so on two cores
+    one worker (two threads) is as fast for a single image.  As with any
+    spawned processes, a script that asks for ``workers > 1`` must guard its
+    entry point with ``if __name__ == "__main__":``.
 
     Parameters
     ----------
@@ -982,6 +983,10 @@ def fit_blocks(blocks: np.ndarray, masks: np.ndarray | None, base_seed: int, set
     base_seed : int
     settings : LocalFitSettings
     workers : int
+        Ignored with ``executor``.
+    executor : smoe.executor.Executor, optional
+        Run the chunks on this executor (in-process, local processes, a Dask
+        cluster) instead of one made for ``workers``; it is not closed.
 
     Returns
     -------
@@ -989,16 +994,20 @@ def fit_blocks(blocks: np.ndarray, masks: np.ndarray | None, base_seed: int, set
     """
     B = len(blocks)
     ids = np.arange(B)
-    settings = asdict(settings)
-    workers = min(workers, B) if B else 1
-    if workers <= 1:
-        return fit_block_chunk(blocks, masks, ids, base_seed, settings)
-    chunks = [ids[i::workers] for i in range(workers)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = [pool.submit(fit_block_chunk, blocks[c], None if masks is None else masks[c], c, base_seed,
-                               settings) for c in chunks]
-        parts = [f.result() for f in futures]
+    own = executor is None
+    n = max(1, min(workers if own else executor.workers, B))
+    if own:
+        import numba
+
+        threads = min(numba.get_num_threads(), available_cores()) if n == 1 else 1
+        executor = make_executor(n, threads_per_worker=threads)
+    chunks = [ids[i::n] for i in range(n)]
+    try:
+        parts = executor.map(_fit_chunk, chunks, blocks=blocks, masks=masks, base_seed=base_seed,
+                             settings=asdict(settings))
+    finally:
+        if own:
+            executor.close()
     return _merge(parts, chunks, blocks.shape[-1])
 
 
@@ -1236,8 +1245,8 @@ def _check_image(image) -> np.ndarray:
 def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.random.Generator | None = None,
                               seed: int = 0, threshold: float = 40.0, labels=None, corona: int = 5,
                               block: int = 32, max_side: int | None = 96, workers: int = 1,
-                              export: str = "moments", bandwidth_factor: float = 1.0,
-                              **local_options) -> tuple[Model, AdaptiveReport]:
+                              executor: Executor | None = None, export: str = "moments",
+                              bandwidth_factor: float = 1.0, **local_options) -> tuple[Model, AdaptiveReport]:
     """AS-SMoE initialization, with a report of what it did.
 
     Parameters
@@ -1263,7 +1272,15 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
         Largest CBB side in image pixels; larger segments are tiled (see
         :func:`corona_blocks`).  None: one CBB per segment (the AS paper).
     workers : int
-        Processes for the local fits (1: in this process, multi-threaded).
+        Local fits at the same time (:func:`fit_blocks`): 1 fits in this
+        process, multi-threaded; more start that many single-threaded workers
+        (:func:`smoe.executor.make_executor`).  The result does not depend on it.
+    executor : smoe.executor.Executor, optional
+        Run the local fits on this executor (in-process, local processes or a
+        Dask cluster) instead of one made for ``workers``; the blocks are
+        split into one chunk per executor worker.  It is not closed, so one
+        executor can serve many initializations.  The result is the same as
+        with ``workers=1``.
     export : {"moments", "exact"}
         How local kernels become image kernels (:func:`export_kernels`).
     bandwidth_factor : float
@@ -1289,6 +1306,8 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
     if max_side is not None:
         max_side = _check_int("max_side", max_side, 2 * corona + 1)
     workers = _check_int("workers", workers, 1)
+    if executor is not None and not isinstance(executor, Executor):
+        raise ValueError(f"executor must be a smoe.executor.Executor, got {type(executor).__name__}")
     if export not in EXPORTS:
         raise ValueError(f"export must be one of {', '.join(map(repr, EXPORTS))}, got {export!r}")
     if not _is_real(bandwidth_factor) or not math.isfinite(bandwidth_factor) or bandwidth_factor <= 0:
@@ -1309,7 +1328,7 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
     boxes = corona_blocks(dense, corona, max_side)
     pixels, masks = extract_blocks(img, boxes, block)
     t1 = time.perf_counter()
-    local = fit_blocks(pixels, masks, base_seed, cfg, workers)
+    local = fit_blocks(pixels, masks, base_seed, cfg, workers, executor=executor)
     t2 = time.perf_counter()
     kept = export_kernels(local, boxes, img, block, mode=export, bandwidth_factor=bandwidth_factor,
                           budget=n_kernels)
@@ -1337,7 +1356,8 @@ def adaptive_init_with_report(image, n_kernels: int | None = None, *, rng: np.ra
         block_kernels=np.bincount(local["owner"], minlength=B),
         block_iterations=local["iterations"],
         settings={"threshold": threshold if segmented else None, "corona": corona, "block": block,
-                  "max_side": max_side, "workers": workers, "export": export,
+                  "max_side": max_side, "workers": workers,
+                  "executor": None if executor is None else executor.describe(), "export": export,
                   "bandwidth_factor": bandwidth_factor, "n_kernels": n_kernels, "base_seed": base_seed,
                   **asdict(cfg)},
     )
@@ -1349,6 +1369,7 @@ def adaptive_init(image: np.ndarray, n_kernels: int | None, *, rng: np.random.Ge
     """AS-SMoE initialization (AS paper, Section IV); see :func:`adaptive_init_with_report`.
 
     ``n_kernels`` is an optional cap: the kernel count follows from ``target_psnr``.
+    ``workers`` or ``executor`` set where the local fits run, without changing the result.
     """
     model, _ = adaptive_init_with_report(image, n_kernels, rng=rng, **options)
     return model
