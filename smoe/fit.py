@@ -71,6 +71,9 @@ class FitResult:
     history : one dict per logged iteration with keys
         iteration, loss, psnr, kernels, kernels_per_tile, seconds
     stop_reason : "iterations", "target_psnr", "plateau" or "time_budget"
+    extras : {"returned_steps": optimizer steps behind the returned model}; the
+        fit returns the iterate with the lowest loss, which is the last one
+        unless Adam ended on a spike
     """
 
     model: Model
@@ -249,11 +252,12 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
                             tile_offset=tile_offset, backend=backend)
             mse = torch.mean((out - target) ** 2)
             loss = mse + cfg.lam * torch.clamp(p.pi, min=0).sum() if cfg.lam > 0 else mse
+            if float(loss.detach()) < best:
+                best, best_model, best_steps = float(loss.detach()), _snapshot(p.model()), it - 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             opt.param_groups[0]["lr"] *= decay
-            best = min(best, float(loss.detach()))
 
             if mode == "smoe" and (it % cfg.prune_every == 0 or it == cfg.iters):
                 keep = p.pi.detach() > 0
@@ -290,15 +294,34 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
             bar.close()
     fit_seconds = time.perf_counter() - t_fit
 
-    model = p.model()
+    # Adam can end on a spike: return the last parameters unless an earlier
+    # iterate had a lower loss.
+    model, mse = p.model(), _mse(p.model(), target, mode, scope, tile_offset, backend)
+    if _loss(model, mse, cfg.lam) >= best:
+        model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, backend)
+    else:
+        best_steps = it
     if mode == "smoe":
         model = model.pruned()
-    # The logged PSNR belongs to the parameters before the last step; report the returned model's.
-    final = rasterize(model.mu, model.chol, model.pi, model.experts, h, w, mode=mode, scope=scope,
-                      tile_offset=tile_offset, backend=backend)
-    history[-1]["psnr"] = psnr_from_mse(float(torch.mean((final - target) ** 2)))
+    history[-1]["psnr"] = psnr_from_mse(mse)
     history[-1]["kernels"] = len(model)
     used = {"mode": mode, "scope": scope, "init": init if isinstance(init, str) else "model",
             "n_kernels": None if n_kernels is None else int(n_kernels), "seed": seed, "tile_offset": list(tile_offset),
             "iterations": it, **cfg.__dict__}
-    return FitResult(model, history, used, len(start), init_seconds, fit_seconds, stop)
+    return FitResult(model, history, used, len(start), init_seconds, fit_seconds, stop,
+                     extras={"returned_steps": best_steps})
+
+
+def _snapshot(model: Model) -> Model:
+    return Model.unchecked(*(t.clone() for t in (model.mu, model.chol, model.pi, model.experts)))
+
+
+def _mse(model: Model, target, mode, scope, tile_offset, backend) -> float:
+    with torch.no_grad():
+        out = rasterize(model.mu, model.chol, model.pi, model.experts, *target.shape[:2], mode=mode, scope=scope,
+                        tile_offset=tile_offset, backend=backend)
+    return float(torch.mean((out - target) ** 2))
+
+
+def _loss(model: Model, mse: float, lam: float) -> float:
+    return mse + lam * float(torch.clamp(model.pi, min=0).sum()) if lam > 0 else mse

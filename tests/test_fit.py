@@ -60,6 +60,21 @@ def test_same_seed_same_result_and_seed_matters():
     assert not torch.equal(a.model.mu, c.model.mu)
 
 
+def test_returns_the_lowest_loss_iterate():
+    # A far too large expert learning rate makes the loss jump around; the
+    # returned model must be the best iterate seen, not the last one.
+    img = blobs_image()
+    res = fit(img, 60, iters=40, lr_experts=0.5, log_every=1)
+    logged = [r["psnr"] for r in res.history[:-1]]
+    assert res.final_psnr >= max(logged) - 1e-4
+    steps = res.extras["returned_steps"]
+    assert 0 <= steps <= 40
+    if steps < 40:
+        assert res.final_psnr == pytest.approx(res.history[steps]["psnr"], abs=1e-4)
+    rendered = smoe.render(res.model, *img.shape[:2]).numpy()
+    assert -10 * np.log10(np.mean((rendered - img) ** 2)) == pytest.approx(res.final_psnr, abs=1e-3)
+
+
 def test_stopping_rules():
     img = blobs_image()
     early = fit(img, 60, iters=300, target_psnr=20.0)
