@@ -77,7 +77,8 @@ def write_results(out: str, text: str, rows: list[dict]) -> None:
     with open(out + ".md", "w") as f:
         f.write(text)
     with open(out + ".csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # Sections of one report may have different columns: take them all.
+        wr = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         wr.writeheader()
         wr.writerows(rows)
 

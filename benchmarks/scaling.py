@@ -21,7 +21,6 @@ Writes benchmarks/results/scaling.md (and .csv).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from smoe.batch import batch_options, fit_batch, fit_image
 from smoe.executor import InProcessExecutor, make_executor
 from smoe.fit import FitSettings
 
-from _common import RESULTS, header, kodak_images, markdown_table
+from _common import RESULTS, header, kodak_images, markdown_table, write_results
 
 
 def load_note() -> str:
@@ -144,13 +143,7 @@ def main(argv=None):
 
     out = "\n".join(text)
     print(out)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".md").write_text(out)
-    fields = list(dict.fromkeys(k for r in csv_rows for k in r))
-    with open(args.out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(csv_rows)
+    write_results(args.out, out, csv_rows)
 
 
 if __name__ == "__main__":
