@@ -296,7 +296,8 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
 
     # Adam can end on a spike: return the last parameters unless an earlier
     # iterate had a lower loss.
-    model, mse = p.model(), _mse(p.model(), target, mode, scope, tile_offset, backend)
+    model = p.model()
+    mse = _mse(model, target, mode, scope, tile_offset, backend)
     if _loss(model, mse, cfg.lam) >= best:
         model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, backend)
     else:
