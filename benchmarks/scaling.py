@@ -69,20 +69,16 @@ def overhead_rows(path: Path, warm_path: Path, options: dict, repeat: int) -> li
     warm = {"path": str(warm_path), "data": warm_path.read_bytes()}
     small = {**options, "iters": 2}
     rows = []
-    with InProcessExecutor(threads_per_worker=1) as ex:
-        ex.map(fit_image, [warm], options=small)
-        for _ in range(repeat):
-            t = time.perf_counter()
-            unit = ex.map(fit_image, [item], options=options)[0]
-            rows.append({"path": "in-process", "wall s": time.perf_counter() - t, "unit s": unit["seconds"],
-                         "fit s": unit["report"]["fit_seconds"]})
-    with make_executor(1, backend="dask", threads_per_worker=1) as ex:
-        ex.map(fit_image, [warm], options=small)
-        for _ in range(repeat):
-            t = time.perf_counter()
-            unit = ex.map(fit_image, [item], options=options)[0]
-            rows.append({"path": "Dask LocalCluster", "wall s": time.perf_counter() - t, "unit s": unit["seconds"],
-                         "fit s": unit["report"]["fit_seconds"]})
+    paths = {"in-process": lambda: InProcessExecutor(threads_per_worker=1),
+             "Dask LocalCluster": lambda: make_executor(1, backend="dask", threads_per_worker=1)}
+    for label, start in paths.items():
+        with start() as ex:
+            ex.map(fit_image, [warm], options=small)
+            for _ in range(repeat):
+                t = time.perf_counter()
+                unit = ex.map(fit_image, [item], options=options)[0]
+                rows.append({"path": label, "wall s": time.perf_counter() - t, "unit s": unit["seconds"],
+                             "fit s": unit["report"]["fit_seconds"]})
     base = min(r["wall s"] for r in rows if r["path"] == "in-process")
     for r in rows:
         r["overhead s"] = r["wall s"] - r["unit s"]

@@ -235,6 +235,22 @@ def _remove_empty(dirs: list[Path]) -> None:
             d.rmdir()
 
 
+@contextlib.contextmanager
+def _removed_on_failure(created: list[Path]):
+    """Run the block; if it fails in any way, remove the directories in ``created`` that are still empty."""
+    try:
+        yield
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _check_kernel_count(n_kernels: int | None, h: int, w: int, path) -> None:
+    if n_kernels is not None and n_kernels > h * w:
+        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {path} ({w}x{h}); "
+                       f"use -n {h * w} or fewer")
+
+
 def _prepare_outdir(outdir: Path, names=()) -> list[Path]:
     """Create ``outdir`` and prove a file can be written in it, before any long computation.
 
@@ -374,11 +390,8 @@ def _run_fit(args) -> int:
     outdir = Path(args.output) if args.output else Path("smoe-out") / image_path.stem
     image = read_image(image_path)
     h, w = image.shape[:2]
-    if args.n_kernels is not None and args.n_kernels > h * w:
-        raise CliError(f"-n {args.n_kernels} is more kernels than the {h * w} pixels of {image_path} ({w}x{h}); "
-                       f"use -n {h * w} or fewer")
-    created = _prepare_outdir(outdir, FIT_OUTPUTS)
-    try:
+    _check_kernel_count(args.n_kernels, h, w, image_path)
+    with _removed_on_failure(_prepare_outdir(outdir, FIT_OUTPUTS)):
         if not args.quiet:
             colour = "RGB" if image.ndim == 3 else "grey"
             print(f"fitting {args.n_kernels or 'auto'} kernels ({args.mode}, {args.scope}, init {args.init}) to "
@@ -386,9 +399,6 @@ def _run_fit(args) -> int:
         result = fit(image, args.n_kernels, mode=args.mode, scope=args.scope, init=args.init, seed=args.seed,
                      init_options=dict(args.init_options or ()), quiet=args.quiet, **settings)
         report = _write_fit_outputs(outdir, image_path, image, result)
-    except BaseException:
-        _remove_empty(created)
-        raise
     if not args.quiet:
         _print_fit_summary(report, outdir)
     return EXIT_OK
@@ -528,18 +538,14 @@ def _run_fit_batch(args) -> int:
     options = {"n_kernels": args.n_kernels, "mode": args.mode, "scope": args.scope, "init": args.init,
                "seed": args.seed, "init_options": dict(args.init_options or ()), **settings}
     outdir = Path(args.output)
-    created = _prepare_outdir(outdir, BATCH_FILES)
-    try:
-        with _sigterm_as_interrupt():
-            result = fit_batch(args.inputs, outdir, options=options, workers=args.workers or "auto",
-                               scheduler=args.scheduler, threads_per_worker=args.threads, backend=args.backend,
-                               quiet=args.quiet)
-    except (BatchError, ExecutorError) as exc:
-        _remove_empty(created)
-        raise CliError(str(exc)) from exc
-    except BaseException:
-        _remove_empty(created)
-        raise
+    with _removed_on_failure(_prepare_outdir(outdir, BATCH_FILES)):
+        try:
+            with _sigterm_as_interrupt():
+                result = fit_batch(args.inputs, outdir, options=options, workers=args.workers or "auto",
+                                   scheduler=args.scheduler, threads_per_worker=args.threads, backend=args.backend,
+                                   quiet=args.quiet)
+        except (BatchError, ExecutorError) as exc:
+            raise CliError(str(exc)) from exc
     if not args.quiet:
         _print_batch_summary(result)
     if result.failed:
@@ -610,15 +616,11 @@ def _run_render(args) -> int:
                        f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels; use a smaller --scale or --size")
     scope = args.scope or meta["scope"]
     out = Path(args.output)
-    created = _prepare_output_file(out)
-    try:
+    with _removed_on_failure(_prepare_output_file(out)):
         with torch.no_grad():
             pixels = render(model, h, w, mode=meta["mode"], scope=scope, extent=extent,
                             sharpen=args.sharpen or 1.0)
         write_image(out, pixels)
-    except BaseException:
-        _remove_empty(created)
-        raise
     print(f"wrote {out} ({w}x{h}, {len(model)} kernels, {meta['mode']}/{scope})")
     return EXIT_OK
 
@@ -766,27 +768,21 @@ def _run_denoise(args) -> int:
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]
     n_kernels = args.n_kernels or default_kernels(h, w, args.sigma)
-    if n_kernels > h * w:
-        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {args.noisy} ({w}x{h}); "
-                       f"use -n {h * w} or fewer")
+    _check_kernel_count(n_kernels, h, w, args.noisy)
     out = Path(args.output)
-    created = _prepare_output_file(out)
     start = time.perf_counter()
-    try:
+    with _removed_on_failure(_prepare_output_file(out)):
         if not args.quiet:
             print(f"denoising {args.noisy} ({w}x{h}): {len(offsets)} models of {n_kernels} kernels, {args.mode}, "
                   f"init {args.init}, {args.iters} iterations, {workers} worker(s)")
-        with _sigterm_as_interrupt():
-            clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,
-                            n_kernels=n_kernels, iters=args.iters, sigma=args.sigma, seed=args.seed,
-                            workers=workers, quiet=args.quiet)
+        try:
+            with _sigterm_as_interrupt():
+                clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,
+                                n_kernels=n_kernels, iters=args.iters, sigma=args.sigma, seed=args.seed,
+                                workers=workers, quiet=args.quiet)
+        except ExecutorError as exc:
+            raise CliError(str(exc)) from exc
         write_image(out, clean)
-    except ExecutorError as exc:
-        _remove_empty(created)
-        raise CliError(str(exc)) from exc
-    except BaseException:
-        _remove_empty(created)
-        raise
     if not args.quiet:
         print(f"wrote {out} ({w}x{h}) after {time.perf_counter() - start:.1f} s")
     return EXIT_OK
@@ -833,18 +829,12 @@ def _run_upscale(args) -> int:
     h, w = image.shape[:2]
     out_h, out_w = target_size((h, w), scale=args.scale, size=args.size)
     n_kernels = args.n_kernels or default_kernels(h, w)
-    if n_kernels > h * w:
-        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {args.image} ({w}x{h}); "
-                       f"use -n {h * w} or fewer")
+    _check_kernel_count(n_kernels, h, w, args.image)
     out = Path(args.output)
-    created = _prepare_output_file(out)
-    try:
+    with _removed_on_failure(_prepare_output_file(out)):
         big = upscale(image, size=(out_h, out_w), sharpen=args.sharpen, n_kernels=n_kernels, mode=args.mode,
                       iters=args.iters, init=args.init, seed=args.seed, quiet=args.quiet)
         write_image(out, big)
-    except BaseException:
-        _remove_empty(created)
-        raise
     if not args.quiet:
         print(f"wrote {out} ({out_w}x{out_h} from {w}x{h}, {n_kernels} kernels, {args.mode})")
     return EXIT_OK
@@ -876,14 +866,10 @@ def _run_segment(args) -> int:
     if args.labels is not None and n > 65535:
         raise CliError(f"{n} segments do not fit a 16-bit label image; raise --threshold")
     outs = [Path(args.output)] + ([Path(args.labels)] if args.labels else [])
-    created = [d for out in outs for d in _prepare_output_file(out)]
-    try:
+    with _removed_on_failure([d for out in outs for d in _prepare_output_file(out)]):
         write_image(outs[0], draw_segmentation(image, labels))
         if args.labels:
             write_image(outs[1], labels / 65535.0, bits=16)
-    except BaseException:
-        _remove_empty(created)
-        raise
     if not args.quiet:
         stats = segment_stats(labels)
         print(f"{n} segments (threshold {args.threshold:g}), median bounding box side "
