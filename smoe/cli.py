@@ -24,6 +24,7 @@ import csv
 import inspect
 import io
 import json
+import os
 import math
 import platform
 import re
@@ -54,6 +55,7 @@ __all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
 RENDER_REPEATS = 5
 #: Exit statuses.
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",
                "kernels.png")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 success, 2 usage or input error, 130 interrupted.
+        Exit status: 0 success, 2 usage or input error, 130 interrupted, 141 output pipe closed.
     """
     parser = build_parser()
     try:
@@ -104,10 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print("smoe: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (e.g. `smoe info M | head -1`): stop quietly, as Unix tools do.
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
         except (CliError, ImageError, ModelFileError, ValueError, OSError, MemoryError) as exc:
             if args.debug:
                 raise
             return _report(exc)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def build_parser() -> argparse.ArgumentParser:

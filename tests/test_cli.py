@@ -2,6 +2,7 @@
 
 import json
 import struct
+import os
 import subprocess
 import sys
 import zlib
@@ -298,6 +299,18 @@ def test_python_dash_m_smoe_help():
     done = subprocess.run([sys.executable, "-m", "smoe", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fit" in done.stdout and "render" in done.stdout
+
+
+def test_closed_output_pipe_ends_quietly(fitted):
+    # Like `smoe info MODEL | head -1`: the reader is gone before smoe writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "smoe", "info", str(fitted[1] / "model.smoe.npz")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == ""
 
 
 def test_fit_auto_kernel_count_and_initializer_options(tmp_path, capsys):
