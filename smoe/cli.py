@@ -732,7 +732,8 @@ def _add_denoise(sub, common) -> None:
     p = sub.add_parser("denoise", parents=[common], help="denoise an image with averaged shifted models (MM-RSMoE)",
                        description="Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
                        "shifted by a different offset and its own random start, and write the mean of their "
-                       "renders. No noise level is needed.",
+                       "renders. No noise level is needed: it is estimated from the image, and each model stops once "
+                       "its residual is down to the noise.",
                        epilog="Time grows linearly with the number of models; --workers fits models in parallel "
                        "processes and does not change the result.")
     p.add_argument("noisy", metavar="NOISY", help="noisy image file (PNG, JPEG, TIFF, BMP; grey or RGB)")
@@ -752,12 +753,12 @@ def _add_denoise(sub, common) -> None:
     p.add_argument("--mode", choices=MODES, default="smoe",
                    help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
     p.add_argument("--sigma", type=_non_negative_float, default=None, metavar="S",
-                   help="noise standard deviation on the 0-1 scale if known (e.g. 0.1 for 25.5/255); it only "
-                        "adjusts the default kernel count (default: unknown)")
+                   help="noise standard deviation on the 0-1 scale if known (e.g. 0.1 for 25.5/255); it sets the "
+                        "default kernel count and when each model stops (default: estimated from the image)")
     p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
                    help=f"initial kernels per model (default: one per {round(1 / dn.DEFAULT_DENSITY)} pixels)")
     p.add_argument("--iters", type=_positive_int, default=dn.DEFAULT_ITERS, metavar="N",
-                   help="gradient steps per model; many more start to reproduce the noise (default: %(default)s)")
+                   help="most gradient steps per model; many more start to reproduce the noise (default: %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="models fitted at the same time, one thread each (default: one per core, at most one per "
                         "model)")
@@ -769,7 +770,7 @@ def _add_denoise(sub, common) -> None:
 
 
 def _run_denoise(args) -> int:
-    from .denoise import default_kernels, denoise, shift_offsets
+    from .denoise import default_kernels, denoise, estimate_noise, shift_offsets
     from .executor import ExecutorError, available_cores
 
     if args.sigma is not None and args.sigma > 1:
@@ -779,18 +780,24 @@ def _run_denoise(args) -> int:
     workers = args.workers or min(available_cores(), len(offsets))
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]
-    n_kernels = args.n_kernels or default_kernels(h, w, args.sigma)
+    try:
+        sigma = estimate_noise(noisy) if args.sigma is None else args.sigma
+    except ValueError as exc:
+        raise CliError(f"{args.noisy}: {exc}") from exc
+    n_kernels = args.n_kernels or default_kernels(h, w, sigma)
     _check_kernel_count(n_kernels, h, w, args.noisy)
     out = Path(args.output)
     start = time.perf_counter()
     with _removed_on_failure(_prepare_output_file(out)):
         if not args.quiet:
-            print(f"denoising {args.noisy} ({w}x{h}): {len(offsets)} models of {n_kernels} kernels, {args.mode}, "
-                  f"init {args.init}, {args.iters} iterations, {workers} worker(s)")
+            source = "estimated" if args.sigma is None else "given"
+            print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {len(offsets)} models of "
+                  f"{n_kernels} kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, "
+                  f"{workers} worker(s)")
         try:
             with _sigterm_as_interrupt():
                 clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,
-                                n_kernels=n_kernels, iters=args.iters, sigma=args.sigma, seed=args.seed,
+                                n_kernels=n_kernels, iters=args.iters, sigma=sigma, seed=args.seed,
                                 workers=workers, quiet=args.quiet)
         except ExecutorError as exc:
             raise CliError(str(exc)) from exc
