@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoise import add_noise, default_kernels, denoise, shift_offsets
+from smoe.denoise import STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
@@ -126,6 +126,69 @@ def test_add_noise_is_seeded_and_clipped():
         add_noise(clean, -0.1)
 
 
+# ================================================================ noise level
+def _smooth(h=160, w=192, channels=3):
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    planes = [0.5 + 0.3 * np.sin(3 * x + k) * np.cos(2 * y - k) for k in range(channels)]
+    return np.stack(planes, axis=2).astype(np.float32)
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.05, 0.1])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_noise_level_is_estimated_within_five_percent(sigma, channels):
+    clean = _smooth(channels=channels)
+    noisy = add_noise(clean, sigma ** 2, seed=5, clip=False)
+    assert estimate_noise(noisy) == pytest.approx(sigma, rel=0.05)
+    assert estimate_noise(noisy[:, :, 0]) == pytest.approx(sigma, rel=0.05)
+
+
+def test_noise_estimate_of_clean_images_is_tiny():
+    assert estimate_noise(np.full((20, 30), 0.4)) == 0.0
+    assert estimate_noise(_smooth()) < 0.002
+
+
+def test_noise_estimate_needs_a_whole_patch():
+    with pytest.raises(ValueError, match="smaller than one 7x7 patch.*sigma"):
+        estimate_noise(np.zeros((6, 40)))
+    with pytest.raises(ValueError, match="patch"):
+        estimate_noise(np.zeros((20, 20)), patch=1)
+
+
+def _spied_fits(monkeypatch, noisy, **kwargs):
+    """(settings, FitResult) of every fit denoise() runs (in-process)."""
+    import smoe.denoise as dn
+
+    seen = []
+    real = dn.fit
+
+    def spy(*args, **settings):
+        result = real(*args, **settings)
+        seen.append((settings, result))
+        return result
+
+    monkeypatch.setattr(dn, "fit", spy)
+    denoise(noisy, 2, workers=1, **{**FAST, **kwargs})
+    return seen
+
+
+def test_models_stop_at_the_noise_variance(noisy, monkeypatch):
+    given = _spied_fits(monkeypatch, noisy, sigma=0.1)[0][0]
+    assert given["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * 0.01))
+    estimated = _spied_fits(monkeypatch, noisy)[0][0]
+    assert estimated["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * estimate_noise(noisy) ** 2))
+    unstopped = _spied_fits(monkeypatch, noisy, stop_factor=None)[0][0]
+    assert "target_psnr" not in unstopped and unstopped["log_every"] == FAST["iters"]
+    assert "target_psnr" not in _spied_fits(monkeypatch, noisy, sigma=0.0)[0][0]
+
+
+def test_a_met_stop_rule_ends_the_fits_early(noisy, monkeypatch):
+    # Within sigma = 0.5 of the noisy image from the start, so every model stops at the first check.
+    for _, result in _spied_fits(monkeypatch, noisy, iters=200, sigma=0.5):
+        assert result.stop_reason == "target_psnr" and result.extras["returned_steps"] <= 10
+    for _, result in _spied_fits(monkeypatch, noisy, iters=30, sigma=0.5, stop_factor=None):
+        assert result.stop_reason == "iterations"
+
+
 # ===================================================================== inputs
 def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
     shifted = noisy * 1.4 - 0.2
@@ -141,7 +204,8 @@ def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
     ({"models": 0}, "models must be"), ({"models": None, "shift_step": 5}, "divide the tile size"),
     ({"workers": 0}, "workers"), ({"n_kernels": 0}, "n_kernels"), ({"n_kernels": H * W + 1}, "n_kernels"),
     ({"iters": 0}, "iters"), ({"mode": "nope"}, "mode"), ({"init": "nope"}, "unknown initializer"),
-    ({"threshold": -1}, "threshold"), ({"sigma": float("nan")}, "sigma"),
+    ({"threshold": -1}, "threshold"), ({"sigma": float("nan")}, "sigma"), ({"stop_factor": 0}, "stop_factor"),
+    ({"stop_factor": float("inf")}, "stop_factor"),
     ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"),
 ])
 def test_bad_arguments_raise_one_line_errors(noisy, kwargs, match):
@@ -181,7 +245,7 @@ def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
     assert main(["denoise", str(noisy_file), "--models", "2", "-n", "40", "--iters", "10", "--workers", "1",
                  "-o", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "wrote" in captured.out and "model 2/2" in captured.err
+    assert "wrote" in captured.out and "model 2/2" in captured.err and "(estimated)" in captured.out
     assert read_image(out).shape == (H, W, 3)
     quiet = tmp_path / "q.png"
     assert main(["denoise", str(noisy_file), "--shift-step", "16", "--init", "random", "--mode", "rbf", "-n", "40",
