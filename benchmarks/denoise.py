@@ -3,7 +3,7 @@
 Noise: white Gaussian noise of variance sigma^2 on the [0, 1] scale
 (sigma^2 = 0.0037, 0.005, 0.01, 0.05, i.e. sigma = 15.5, 18.0, 25.5, 57.0 on
 0-255), drawn with ``numpy.random.default_rng(seed + 100 * image number +
-variance index)`` and clipped to [0, 1] (``smoe.denoise.add_noise``), so
+variance index)`` and clipped to [0, 1] (``smoe.denoising.add_noise``), so
 every method sees the same noisy image and reruns see the same noise.
 Clipping makes the noise slightly non-Gaussian near black and white; BM3D is
 still told the nominal sigma.
@@ -15,7 +15,7 @@ headline rows, ``--methods all`` runs the whole table):
 * ``bm3d``: ``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)`` (CBM3D) for RGB,
   ``bm3d.bm3d`` for grey (PyPI package ``bm3d``, single CPU thread).
 * ``seg10-H`` / ``seg20-H``: MM-RSMoE with H models, segmentation-based
-  initialization with MDBSCAN d_Th 10 / 20 (``smoe.denoise`` defaults
+  initialization with MDBSCAN d_Th 10 / 20 (``smoe.denoising`` defaults
   otherwise); H in 1, 8, 16, 64.
 * ``random-8``: MM-RSMoE, 8 models, random initialization (the paper's plain
   MM-RSMoE).
@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from smoe import denoise as dn
+from smoe import denoising as dn
 from smoe.executor import available_cores, make_executor
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
@@ -177,7 +177,8 @@ def main(argv=None):
     ap.add_argument("--with-64", action="store_true", help="add the 64-model MM-RSMoE-seg-10 row (slow)")
     ap.add_argument("--iters", type=int, default=dn.DEFAULT_ITERS, help="gradient steps per model")
     ap.add_argument("--kernels", type=int, default=None, help="initial kernels per model (default: smoe's)")
-    ap.add_argument("--tell-sigma", action="store_true", help="pass the true sigma to smoe (tunes the kernel count)")
+    ap.add_argument("--tell-sigma", action="store_true",
+                    help="pass the true sigma to smoe (else it is estimated; it sets the kernel count and stop rule)")
     ap.add_argument("--workers", type=int, default=available_cores(), help="parallel fits (default: all cores)")
     ap.add_argument("--crop", type=int, default=None, help="use a centred SIDE x SIDE crop of every image")
     ap.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -242,7 +243,8 @@ def report(args, methods, rows, panels, note) -> None:
     means = summarise(rows, methods, args.variances)
     ratios = time_ratios(rows, args.variances)
     settings = {**vars(args), "methods": methods, "smoe_density": dn.DEFAULT_DENSITY,
-                "smoe_settings": dn.DEFAULT_SETTINGS, "threshold_default": dn.DEFAULT_THRESHOLD}
+                "smoe_settings": dn.DEFAULT_SETTINGS, "threshold_default": dn.DEFAULT_THRESHOLD,
+                "stop_factor": dn.STOP_FACTOR}
     per_image = [{k: (f"{v:.4f}" if isinstance(v, float) and k != "variance" else v) for k, v in r.items()
                   if k != "key"} for r in rows]
     text = "\n".join([

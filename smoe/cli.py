@@ -727,7 +727,7 @@ def _bandwidth(model: Model) -> dict | None:
 
 # ============================================================== denoise
 def _add_denoise(sub, common) -> None:
-    from . import denoise as dn
+    from . import denoising as dn
 
     p = sub.add_parser("denoise", parents=[common], help="denoise an image with averaged shifted models (MM-RSMoE)",
                        description="Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
@@ -770,7 +770,7 @@ def _add_denoise(sub, common) -> None:
 
 
 def _run_denoise(args) -> int:
-    from .denoise import default_kernels, denoise, estimate_noise, shift_offsets
+    from .denoising import default_kernels, denoise, estimate_noise, shift_offsets
     from .executor import ExecutorError, available_cores
 
     if args.sigma is not None and args.sigma > 1:

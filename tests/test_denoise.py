@@ -1,4 +1,4 @@
-"""smoe.denoise: shifted tile grids, averaging, workers, noise and input checks (tiny images, few steps)."""
+"""smoe.denoising: shifted tile grids, averaging, workers, noise and input checks (tiny images, few steps)."""
 
 import importlib.util
 import warnings
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoise import STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
+from smoe.denoising import STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
@@ -89,7 +89,7 @@ def test_grey_input_keeps_its_shape_and_random_init_and_rbf_work(noisy):
 
 
 def test_precomputed_labels_are_used_as_given(noisy, monkeypatch):
-    import smoe.denoise as dn
+    import smoe.denoising as dn
 
     monkeypatch.setattr(dn, "mdbscan", lambda *a, **k: pytest.fail("MDBSCAN ran although labels were given"))
     labels = np.ones((H, W), np.int32)
@@ -156,7 +156,7 @@ def test_noise_estimate_needs_a_whole_patch():
 
 def _spied_fits(monkeypatch, noisy, **kwargs):
     """(settings, FitResult) of every fit denoise() runs (in-process)."""
-    import smoe.denoise as dn
+    import smoe.denoising as dn
 
     seen = []
     real = dn.fit
@@ -261,7 +261,7 @@ def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
     ["--mode", "nope"],
 ])
 def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, monkeypatch):
-    import smoe.denoise as dn
+    import smoe.denoising as dn
     from smoe.cli import main
 
     monkeypatch.setattr(dn, "fit", lambda *a, **k: pytest.fail("fitted although the request is invalid"))
@@ -272,7 +272,7 @@ def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, 
 
 
 def test_cli_denoise_failure_leaves_nothing(noisy_file, tmp_path, capsys, monkeypatch):
-    import smoe.denoise as dn
+    import smoe.denoising as dn
     from smoe.cli import main
 
     def broken(*args, **kwargs):
@@ -285,3 +285,11 @@ def test_cli_denoise_failure_leaves_nothing(noisy_file, tmp_path, capsys, monkey
     assert not (tmp_path / "a").exists()
     assert main(["denoise", str(tmp_path / "missing.png"), "-o", str(out)]) == 2
     _one_line_error(capsys)
+
+
+def test_package_exports_the_applications():
+    import smoe
+    from smoe.segment import mdbscan
+    from smoe.superres import upscale
+
+    assert smoe.denoise is denoise and smoe.upscale is upscale and smoe.mdbscan is mdbscan
