@@ -783,7 +783,8 @@ def _run_denoise(args) -> int:
     try:
         sigma = estimate_noise(noisy) if args.sigma is None else args.sigma
     except ValueError as exc:
-        raise CliError(f"{args.noisy}: {exc}") from exc
+        raise CliError(f"{args.noisy} ({w}x{h} pixels) is too small to estimate its noise level; give it with "
+                       "--sigma") from exc
     n_kernels = args.n_kernels or default_kernels(h, w, sigma)
     _check_kernel_count(n_kernels, h, w, args.noisy)
     out = Path(args.output)
@@ -791,7 +792,7 @@ def _run_denoise(args) -> int:
     with _removed_on_failure(_prepare_output_file(out)):
         if not args.quiet:
             source = "estimated" if args.sigma is None else "given"
-            print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {len(offsets)} models of "
+            print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {len(offsets)} model{'s' * (len(offsets) != 1)} of "
                   f"{n_kernels} kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, "
                   f"{workers} worker(s)")
         try:

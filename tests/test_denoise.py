@@ -271,6 +271,20 @@ def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, 
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_denoise_of_an_image_too_small_to_estimate_asks_for_sigma(tmp_path, capsys):
+    from smoe.cli import main
+    from smoe.imageio import write_image
+
+    tiny = tmp_path / "tiny.png"
+    write_image(tiny, np.full((5, 5, 3), 0.5, dtype=np.float32))
+    out = tmp_path / "o" / "clean.png"
+    assert main(["denoise", str(tiny), "-o", str(out)]) == 2
+    assert "--sigma" in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+    assert main(["denoise", str(tiny), "--sigma", "0.1", "-n", "2", "--iters", "2", "--workers", "1",
+                 "-o", str(out)]) == 0
+
+
 def test_cli_denoise_failure_leaves_nothing(noisy_file, tmp_path, capsys, monkeypatch):
     import smoe.denoising as dn
     from smoe.cli import main
