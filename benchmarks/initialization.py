@@ -459,10 +459,7 @@ def means(rows, colours, sweep) -> tuple[list[dict], list[dict]]:
         c |= {"image": f"mean of {len(sub)}", "colour": colour}
         for k, v in sub[0].items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("image", "colour"):
-                if k == "time ratio AS/grid":
-                    m = _ratio_mean(sub)[0]
-                else:
-                    m = _mean([r[k] for r in sub])
+                m = ratio if k == "time ratio AS/grid" else _mean([r[k] for r in sub])
                 c[k] = None if m is None else round(m, 3)
         csv_rows.append(c)
     return md, csv_rows

@@ -792,9 +792,9 @@ def _run_denoise(args) -> int:
     with _removed_on_failure(_prepare_output_file(out)):
         if not args.quiet:
             source = "estimated" if args.sigma is None else "given"
-            print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {len(offsets)} model{'s' * (len(offsets) != 1)} of "
-                  f"{n_kernels} kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, "
-                  f"{workers} worker(s)")
+            models = f"{len(offsets)} model{'s' * (len(offsets) != 1)}"
+            print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {models} of {n_kernels} "
+                  f"kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, {workers} worker(s)")
         try:
             with _sigterm_as_interrupt():
                 clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,

@@ -250,7 +250,7 @@ def estimate_noise(image, *, patch: int = 7) -> float:
     samples = windows[:, ::stride, ::stride].reshape(-1, patch * patch)
     samples = samples - samples.mean(axis=0)
     eig = np.sort(np.linalg.eigvalsh(samples.T @ samples / len(samples)))[::-1]
-    for first in range(len(eig)):
+    for first in range(len(eig) - 1):  # a single remaining eigenvalue is its own mean and median
         tail = eig[first:]
         if tail.mean() <= np.median(tail):
             return float(math.sqrt(max(tail.mean(), 0.0)))
