@@ -1,4 +1,4 @@
-"""AS paper Tables IV and V and Fig. 9c/10 analogues on Kodak: Grid, K-Means, S-SMoE and AS-SMoE starts.
+"""AS paper Tables III, IV and V and Fig. 9c/10 analogues on Kodak: Grid, K-Means, S-SMoE and AS-SMoE starts.
 
 For every selected image, in grey and/or RGB:
 
@@ -28,6 +28,14 @@ For every selected image, in grey and/or RGB:
    worker processes (Fig. 10).  The runs in steps 1-3 use ``--workers``: a
    single image's local fits take about a second in-process, less than
    starting worker processes costs.
+5. **Quality after sparsified fitting (Table III).**  For each of
+   ``--table3-thresholds`` (d_Th; none to skip), AS-SMoE and S-SMoE segment
+   at that threshold; every method starts from AS-SMoE's kernel count there
+   and is fitted for ``--iters`` iterations with the L1 gate penalty
+   ``--table3-lam`` and gate step ``--table3-lr-pi``, pruning kernels whose
+   gate reaches zero.  Reported: the surviving kernels L_opt, PSNR, SSIM and
+   LPIPS.  The gate step is ten times the fitting default because with the
+   default the penalty barely prunes within 300 iterations.
 
 K-Means is fitted too (same kernel count) on the figure image, or on all
 images with ``--kmeans-fit all``, for the convergence plot.
@@ -62,7 +70,7 @@ from smoe.fit import as_image, fit
 from smoe.imageio import atomic_write_bytes, read_image, write_image
 from smoe.initializers import initialize
 from smoe.initializers.adaptive import adaptive_init_with_report
-from smoe.metrics import psnr, ssim
+from smoe.metrics import evaluate, psnr, ssim
 from smoe.render import render
 from smoe.segment import draw_segmentation, mdbscan
 
@@ -152,6 +160,8 @@ def as_options(args) -> dict:
     opts = {"threshold": args.threshold, "seed": args.seed}
     if args.target_psnr is not None:
         opts["target_psnr"] = args.target_psnr
+    if args.max_kernels is not None:
+        opts["max_kernels"] = args.max_kernels
     return opts
 
 
@@ -237,6 +247,32 @@ def measure(path, colour, args, plot: bool) -> tuple[dict, dict]:
     figure = {"image": image, "inits": inits, "scores": init_scores, "curves": curves, "target": target,
               "reach": reach}
     return row, figure
+
+
+def sparsified_fits(path, colour, args) -> list[dict]:
+    """Table III analogue: every method from AS-SMoE's kernel count, fitted with L1 sparsification, per d_Th."""
+    image = load(path, colour, args.crop)
+    h, w, _ = image.shape
+    rows = []
+    for thr in args.table3_thresholds:
+        model_as, _ = adaptive_init_with_report(image, None, workers=args.workers,
+                                                **(as_options(args) | {"threshold": thr}))
+        L = len(model_as)
+        starts = {"grid": initialize("grid", image, L, seed=args.seed),
+                  "kmeans": initialize("kmeans", image, L, seed=args.seed),
+                  "segment": initialize("segment", image, L, seed=args.seed, threshold=thr),
+                  "adaptive": model_as}
+        row = {"section": "Table III", "image": path.stem, "colour": colour, "d_Th": thr}
+        for name, start in starts.items():
+            res = fit(image, len(start), init=start, iters=args.iters, log_every=args.iters, lam=args.table3_lam,
+                      lr_pi=args.table3_lr_pi, seed=args.seed)
+            q = evaluate(image, render(res.model, h, w).detach().numpy(), lpips=True)
+            row |= {f"{name} L_init": len(start), f"{name} L_opt": len(res.model),
+                    f"{name} PSNR": round(q["psnr"], 2), f"{name} SSIM": round(q["ssim"], 4),
+                    f"{name} LPIPS": round(q["lpips"], 4), f"{name} fit s": round(res.fit_seconds, 1)}
+        rows.append(row)
+        log(f"{path.stem} {colour}: Table III at d_Th {thr:g} done (L_init {L})")
+    return rows
 
 
 def _round(v, digits):
@@ -420,6 +456,36 @@ def table_as_time(rows) -> list[dict]:
              "total s": fmt(r["AS init s"], 1)} for r in rows]
 
 
+def table_iii(rows) -> list[dict]:
+    out = []
+    for r in rows:
+        d = {"image": r["image"], "colour": r["colour"], "d_Th": fmt(r["d_Th"], 0), "L_init": r["adaptive L_init"]}
+        for name in INITS:
+            d[f"{LABELS[name]} L_opt"] = r[f"{name} L_opt"]
+            d[f"{LABELS[name]} dB"] = fmt(r[f"{name} PSNR"])
+            d[f"{LABELS[name]} SSIM"] = fmt(r[f"{name} SSIM"], 3)
+            d[f"{LABELS[name]} LPIPS"] = fmt(r[f"{name} LPIPS"], 3)
+        out.append(d)
+    return out
+
+
+def table_iii_means(rows) -> list[dict]:
+    """Per colour and d_Th: the mean of every method's L_opt, PSNR, SSIM and LPIPS, and AS-SMoE's wins."""
+    out = []
+    for key in dict.fromkeys((r["colour"], r["d_Th"]) for r in rows):
+        sub = [r for r in rows if (r["colour"], r["d_Th"]) == key]
+        d = {"colour": key[0], "d_Th": fmt(key[1], 0), "images": len(sub)}
+        for name in INITS:
+            d[f"{LABELS[name]} L_opt"] = fmt(_mean([r[f"{name} L_opt"] for r in sub]), 0)
+            d[f"{LABELS[name]} dB"] = fmt(_mean([r[f"{name} PSNR"] for r in sub]))
+            d[f"{LABELS[name]} SSIM"] = fmt(_mean([r[f"{name} SSIM"] for r in sub]), 3)
+            d[f"{LABELS[name]} LPIPS"] = fmt(_mean([r[f"{name} LPIPS"] for r in sub]), 3)
+        wins = sum(1 for r in sub if r["adaptive PSNR"] > max(r[f"{n} PSNR"] for n in INITS if n != "adaptive"))
+        d["AS-SMoE best dB"] = f"{wins} of {len(sub)}"
+        out.append(d)
+    return out
+
+
 def _mean(values):
     vals = [v for v in values if v is not None]
     return statistics.mean(vals) if vals else None
@@ -486,12 +552,18 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=40.0, help="MDBSCAN d_Th for AS-SMoE and S-SMoE")
     ap.add_argument("--target-psnr", type=float, default=None,
                     help="AS-SMoE local target PSNR (default: the initializer's)")
+    ap.add_argument("--max-kernels", type=int, default=None,
+                    help="AS-SMoE local kernel cap per block (default: the initializer's)")
     ap.add_argument("--workers", type=int, default=1,
                     help="AS-SMoE local fits: 1 = in this process, multi-threaded; N > 1 = N worker processes")
     ap.add_argument("--sweep-workers", type=int, nargs="*", default=[1, 2],
                     help="worker counts the AS-SMoE initialization is timed with on every image (Fig. 10); none "
                          "to skip")
     ap.add_argument("--lam", type=float, default=0.0, help="L1 weight on the gates during global fitting")
+    ap.add_argument("--table3-thresholds", type=float, nargs="*", default=[40.0, 50.0],
+                    help="d_Th values of the sparsified fits (Table III); none to skip")
+    ap.add_argument("--table3-lam", type=float, default=1e-5, help="L1 gate weight of the Table III fits")
+    ap.add_argument("--table3-lr-pi", type=float, default=0.01, help="gate step of the Table III fits")
     ap.add_argument("--log-every", type=int, default=5, help="iterations between logged PSNR points")
     ap.add_argument("--kmeans-fit", choices=["plot", "all"], default="plot",
                     help="fit K-Means starts on the figure image only, or on every image")
@@ -508,6 +580,8 @@ def main(argv=None):
         ap.error("--iters, --log-every and --workers must be at least 1")
     if any(f <= 0 for f in args.grid_factors):
         ap.error("--grid-factors must be positive")
+    if not (args.table3_lam >= 0 and args.table3_lr_pi > 0):
+        ap.error("--table3-lam must be >= 0 and --table3-lr-pi > 0")
     args.grid_factors = sorted(set(args.grid_factors))
     paths = kodak_images(args.images)
     if not paths:
@@ -521,7 +595,7 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     warm_up(args)
-    rows, sweep = [], []
+    rows, sweep, sparse = [], [], []
     for colour in args.color:
         for path in paths:
             plot = path.stem == plot_stem
@@ -531,11 +605,12 @@ def main(argv=None):
                 draw_figures(path.stem, colour, fig_data, args, out)
             if args.sweep_workers:
                 sweep += worker_sweep(path, colour, args, args.sweep_workers)
+            sparse += sparsified_fits(path, colour, args)
             log(f"{path.stem} {colour}: done, {time.perf_counter() - t_start:.0f} s so far")
 
     mean_md, mean_csv = means(rows, args.color, sweep)
     lines = [
-        header("Initialization comparison, AS paper Tables IV and V and Fig. 9c/10 analogues", vars(args)),
+        header("Initialization comparison, AS paper Tables III, IV and V and Fig. 9c/10 analogues", vars(args)),
         f"Command: `{command}`", "",
         f"Total wall time {time.perf_counter() - t_start:.0f} s.", "",
         "### Means", "", markdown_table(mean_md), "",
@@ -553,9 +628,16 @@ def main(argv=None):
     if sweep:
         lines += ["### AS-SMoE initialization time against worker processes (Fig. 10 analogue)", "",
                   markdown_table(sweep), ""]
+    if sparse:
+        lines += ["### Quality after fitting with sparsification (Table III analogue)", "",
+                  f"Every method starts from AS-SMoE's kernel count L_init at that d_Th and is fitted for "
+                  f"{args.iters} iterations with lam = {args.table3_lam:g} and gate step {args.table3_lr_pi:g}; "
+                  "L_opt = kernels left after pruning (Grid starts from a whole lattice, so its L_init may "
+                  "differ).", "",
+                  markdown_table(table_iii_means(sparse)), "", markdown_table(table_iii(sparse)), ""]
     text = "\n".join(lines)
     print(text)
-    write_results(str(out), text, rows + mean_csv)
+    write_results(str(out), text, rows + mean_csv + sparse)
 
 
 if __name__ == "__main__":
