@@ -75,10 +75,11 @@ never reach the target and end at the cap, so it sets the kernel density of
 textured images.  With a cap of 40, the global fit from the AS start on the
 textured kodim05 (grey) was no better than a grid of as many kernels (23.63
 against 23.62 dB after 300 iterations, a kernel saving of 1 %), and the
-initialization took longer than Grid needed to reach 95 % of the best PSNR.
-With 20 the saving there was 21 % and the time ratio 0.80 (kodim01: 26 %,
-0.34); smooth images, whose blocks reach the target with 10 or 20 kernels,
-barely change.  A sparser start is where placement matters most.
+initialization took longer than Grid needed to reach 95 % of the best PSNR
+(time ratio 1.9).  With 20, ``benchmarks/initialization.py`` measured a
+saving of 17 % and a time ratio of 0.80 there (kodim01: 11 -> 28 %, 0.95 ->
+0.34), and the saving on the other four images went from 33-67 % to 48-68 %.
+A sparser start is where placement matters most.
 
 Export (``export="moments"``, the default).  A kernel is kept if the image
 pixel under its mapped centre (``o + s mu_local``) is one its block owns;
@@ -102,8 +103,9 @@ shapes and number of regions still come from the local fits.
 kernel budget (``n_kernels``) every block keeps its largest kernel, the
 budget is filled with the next largest (by pixels gated), and the export is
 repeated with only those, so the survivors take over the dropped kernels'
-pixels (on kodim05 a budget of 1 000, a quarter of the natural 3 958, costs
-0.5 dB); a budget below the number of blocks just cuts the smallest.
+pixels (on kodim05 in RGB, with a cap of 40 kernels per block, a budget of
+1 000, a quarter of the natural 3 958, cost 0.5 dB); a budget below the
+number of blocks just cuts the smallest.
 """
 
 from __future__ import annotations
