@@ -53,7 +53,8 @@ from typing import Iterable
 
 from .executor import Executor, available_cores, make_executor
 from .fit import FitSettings, fit
-from .imageio import ImageError, _decode, _fsync_directory, atomic_write_bytes
+from .imageio import ImageError, atomic_write_bytes, decode_image, fsync_directory
+from .outputs import FIT_OUTPUTS, write_fit_outputs
 from .render import MODES, SCOPES
 
 __all__ = ["fit_batch", "fit_image", "expand_inputs", "output_names", "BatchError", "BatchResult", "BatchLock",
@@ -211,8 +212,6 @@ def fit_image(item: dict, *, options: dict) -> dict:
     ImageError, ValueError, MemoryError
         The image cannot be read or fitted with these options.
     """
-    from . import cli  # late: cli imports this module for its fit-batch command
-
     start = time.perf_counter()
     path = Path(item["path"])
     if item.get("error"):
@@ -228,8 +227,8 @@ def fit_image(item: dict, *, options: dict) -> dict:
                              "fit it with fewer kernels (-n)")
         result = fit(image, head.pop("n_kernels"), quiet=True, **head, **opts)
         with tempfile.TemporaryDirectory(prefix="smoe-batch-") as tmp:
-            report = cli._write_fit_outputs(Path(tmp), path, image, result)
-            files = {name: (Path(tmp) / name).read_bytes() for name in cli.FIT_OUTPUTS}
+            report = write_fit_outputs(Path(tmp), path, image, result)
+            files = {name: (Path(tmp) / name).read_bytes() for name in FIT_OUTPUTS}
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return {"files": files, "report": report, "seconds": time.perf_counter() - start, "warnings": messages}
 
@@ -239,7 +238,7 @@ def _decode_bytes(data: bytes, path: Path):
 
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes), not an image")
-    return np.ascontiguousarray(_decode(data, path), dtype=np.float32)
+    return np.ascontiguousarray(decode_image(data, path), dtype=np.float32)
 
 
 # ==================================================================== lock
@@ -360,7 +359,6 @@ def _remove_leftovers(outdir: Path, names: list[str]) -> None:
 
 def _finished_report(folder: Path, input_sha: str | None, settings_sha: str) -> tuple[dict, dict] | None:
     """(record, metrics) of a complete earlier output for this input and these settings, else None."""
-    from .cli import FIT_OUTPUTS
 
     try:
         entry = json.loads((folder / ENTRY_NAME).read_text())
@@ -400,12 +398,12 @@ def _write_new(final: Path, files: dict[str, bytes], record: bytes) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        _fsync_directory(tmp)
+        fsync_directory(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_directory(final.parent)
+    fsync_directory(final.parent)
 
 
 def _update_in_place(final: Path, files: dict[str, bytes], record: bytes) -> None:

@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import inspect
-import io
 import json
 import os
 import math
-import platform
 import re
 import secrets
-import statistics
 import sys
 import tempfile
 import time
@@ -40,25 +36,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, metrics
+from . import __version__
 from .fit import FitSettings, fit
-from .imageio import ImageError, atomic_write_bytes, default_image_path, read_image, write_image
+from .imageio import ImageError, default_image_path, read_image, write_image
 from .initializers import available as available_initializers
 from .model import Model
-from .modelfile import ModelFileError, load_model, save_model
+from .modelfile import ModelFileError, load_model
+from .outputs import FIT_OUTPUTS, quality, write_fit_outputs
 from .render import MODES, SCOPES, kernels_per_tile, output_size, render
 from .superres import MAX_OUTPUT_PIXELS
 
 __all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
 
-#: Renders timed for ``render_ms`` in metrics.json (the median is reported).
-RENDER_REPEATS = 5
 #: Exit statuses.
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
-FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",
-               "kernels.png")
 _FIT_DEFAULTS = FitSettings()
 _INIT_DEFAULT = inspect.signature(fit).parameters["init"].default
 _N_DEFAULT = inspect.signature(fit).parameters["n_kernels"].default
@@ -321,22 +314,6 @@ def _prepare_output_file(out: Path) -> list[Path]:
 
 
 # ============================================================= quality
-def _quality(reference: np.ndarray, image: np.ndarray, *, with_lpips: bool = True) -> dict:
-    """PSNR, SSIM, MS-SSIM and LPIPS; a metric the image is too small for is None."""
-    side = min(reference.shape[:2])
-    return {
-        "psnr": _finite(metrics.psnr(reference, image)),
-        "ssim": metrics.ssim(reference, image) if side >= metrics.SSIM_WINDOW else None,
-        "ms_ssim": metrics.ms_ssim(reference, image) if side > metrics.MS_SSIM_MIN_SIDE else None,
-        "lpips": metrics.lpips(reference, image) if with_lpips and side >= metrics.LPIPS_MIN_SIDE else None,
-    }
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
-    return float(value) if math.isfinite(value) else None
-
-
 def _quality_lines(q: dict) -> list[str]:
     def fmt(key, digits, unit=""):
         value = q[key]
@@ -410,7 +387,7 @@ def _run_fit(args) -> int:
                   f"{image_path} ({w}x{h} {colour})")
         result = fit(image, args.n_kernels, mode=args.mode, scope=args.scope, init=args.init, seed=args.seed,
                      init_options=dict(args.init_options or ()), quiet=args.quiet, **settings)
-        report = _write_fit_outputs(outdir, image_path, image, result)
+        report = write_fit_outputs(outdir, image_path, image, result)
     if not args.quiet:
         _print_fit_summary(report, outdir)
     return EXIT_OK
@@ -425,67 +402,6 @@ def _fit_settings(args) -> dict:
                 "time_budget": args.time_budget, "tol": args.tol}
     FitSettings(**settings).validate()
     return settings
-
-
-def _write_fit_outputs(outdir: Path, image_path: Path, image: np.ndarray, result) -> dict:
-    """Render, measure and write every fit output; returns the metrics.json content."""
-    model, settings = result.model, result.settings
-    mode, scope = settings["mode"], settings["scope"]
-    h, w = image.shape[:2]
-    with torch.no_grad():
-        recon = render(model, h, w, mode=mode, scope=scope).numpy()
-    report = {
-        "image": {"path": str(image_path.resolve()), "width": w, "height": h,
-                  "channels": 1 if image.ndim == 2 else image.shape[2]},
-        **_quality(image, recon.reshape(image.shape)),
-        "kernels_initial": result.init_kernels,
-        "kernels_final": len(model),
-        "kernels_per_tile": kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model)),
-        "iterations": result.history[-1]["iteration"],
-        "stop_reason": result.stop_reason,
-        "init_seconds": result.init_seconds,
-        "fit_seconds": result.fit_seconds,
-        "render_ms": _median_render_ms(model, h, w, mode, scope),
-        "versions": _versions(),
-        "settings": settings,
-    }
-    save_model(outdir / "model.smoe.npz", model, mode=mode, scope=scope, height=h, width=w, settings=settings)
-    write_image(outdir / "reconstruction.png", recon)
-    atomic_write_bytes(outdir / "history.csv", _history_csv(result.history))
-    from . import plots  # matplotlib loads only when figures are drawn
-
-    plots.plot_convergence(result.history, outdir / "convergence.png", title=f"{image_path.name}: {len(model)} "
-                           f"kernels, {report['psnr'] or math.inf:.2f} dB after {report['iterations']} iterations")
-    plots.draw_kernels(image, model, outdir / "kernels.png")
-    # Written last: a complete metrics.json marks a complete output directory.
-    atomic_write_bytes(outdir / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
-    return report
-
-
-def _median_render_ms(model: Model, h: int, w: int, mode: str, scope: str) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(RENDER_REPEATS):
-            start = time.perf_counter()
-            render(model, h, w, mode=mode, scope=scope)
-            times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
-def _versions() -> dict:
-    import numba
-
-    return {"smoe": __version__, "torch": torch.__version__, "numba": numba.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
-def _history_csv(history: list[dict]) -> bytes:
-    keys = list(dict.fromkeys(k for record in history for k in record))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return text.getvalue().encode()
 
 
 def _print_fit_summary(report: dict, outdir: Path) -> None:
@@ -655,7 +571,7 @@ def _run_eval(args) -> int:
     if reference.shape != image.shape:
         raise CliError(f"{args.image} is {_shape_text(image)} but {args.reference} is {_shape_text(reference)}; "
                        "compare images of the same size and colour type")
-    q = _quality(reference, image, with_lpips=not args.no_lpips)
+    q = quality(reference, image, with_lpips=not args.no_lpips)
     print(json.dumps(q) if args.json else "\n".join(_quality_lines(q)))
     return EXIT_OK
 

@@ -39,6 +39,7 @@ from PIL import Image
 __all__ = [
     "ImageError",
     "read_image",
+    "decode_image",
     "write_image",
     "atomic_write",
     "atomic_write_bytes",
@@ -102,7 +103,7 @@ def read_image(path, *, mode: str | None = None) -> np.ndarray:
         raise ValueError(f"mode must be None, 'grey' or 'rgb', got {mode!r}")
     path = Path(path)
     data = _read_bytes(path)
-    image = _decode(data, path)
+    image = decode_image(data, path)
     if mode == "grey" and image.ndim == 3:
         image = to_grey(image)
     elif mode == "rgb" and image.ndim == 2:
@@ -156,8 +157,20 @@ def _load(image: Image.Image, path: Path) -> None:
         raise ImageError(f"{path}: truncated or corrupt image data ({_one_line(exc)})") from exc
 
 
-def _decode(data: bytes, path: Path) -> np.ndarray:
-    """Bytes of an image file -> (H, W) or (H, W, 3) float array in [0, 1], upright."""
+def decode_image(data: bytes, path: Path) -> np.ndarray:
+    """Decode the bytes of an image file, as :func:`read_image` does after reading them.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    path : pathlib.Path
+        Where the bytes came from; only used in messages.
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) float array in [0, 1], turned upright by its EXIF orientation.
+    """
     image = _open(data, path)
     if image.width * image.height == 0:
         raise ImageError(f"{path}: empty image ({image.width}x{image.height}, 0 pixels)")
@@ -488,7 +501,7 @@ def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -517,7 +530,7 @@ def _copy_permissions(target: Path, tmp: Path) -> None:
         pass
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename durable; not possible (nor needed) on every platform."""
     if os.name != "posix":
         return

@@ -249,7 +249,7 @@ def chol_from_covariance(cov: torch.Tensor) -> torch.Tensor:
     # Precision P = [[c, -b], [-b, a]] / det; its lower Cholesky factor L has
     # L L^T = P, but we need B with B^T B = P, i.e. the "upper-first" factor:
     # b11 = sqrt(P11), b10 = P01 / b11, b00 = sqrt(P00 - b10^2) = sqrt(det(P)) / b11.
-    p00, p01, p11 = c / det, -b / det, a / det
+    p01, p11 = -b / det, a / det
     b11 = torch.sqrt(p11)
     b10 = p01 / b11
     b00 = torch.sqrt(1.0 / det) / b11
