@@ -456,17 +456,19 @@ def table_as_time(rows) -> list[dict]:
              "total s": fmt(r["AS init s"], 1)} for r in rows]
 
 
+#: Table III cells per method: (CSV key suffix, column suffix, digits).
+_TABLE_III_CELLS = (("L_opt", "L_opt", 0), ("PSNR", "dB", 2), ("SSIM", "SSIM", 3), ("LPIPS", "LPIPS", 3))
+
+
+def _table_iii_cells(value) -> dict:
+    """Every method's Table III columns; ``value(name, key)`` gives one number."""
+    return {f"{LABELS[name]} {col}": fmt(value(name, key), digits)
+            for name in INITS for key, col, digits in _TABLE_III_CELLS}
+
+
 def table_iii(rows) -> list[dict]:
-    out = []
-    for r in rows:
-        d = {"image": r["image"], "colour": r["colour"], "d_Th": fmt(r["d_Th"], 0), "L_init": r["adaptive L_init"]}
-        for name in INITS:
-            d[f"{LABELS[name]} L_opt"] = r[f"{name} L_opt"]
-            d[f"{LABELS[name]} dB"] = fmt(r[f"{name} PSNR"])
-            d[f"{LABELS[name]} SSIM"] = fmt(r[f"{name} SSIM"], 3)
-            d[f"{LABELS[name]} LPIPS"] = fmt(r[f"{name} LPIPS"], 3)
-        out.append(d)
-    return out
+    return [{"image": r["image"], "colour": r["colour"], "d_Th": fmt(r["d_Th"], 0), "L_init": r["adaptive L_init"]}
+            | _table_iii_cells(lambda name, key, r=r: r[f"{name} {key}"]) for r in rows]
 
 
 def table_iii_means(rows) -> list[dict]:
@@ -475,11 +477,7 @@ def table_iii_means(rows) -> list[dict]:
     for key in dict.fromkeys((r["colour"], r["d_Th"]) for r in rows):
         sub = [r for r in rows if (r["colour"], r["d_Th"]) == key]
         d = {"colour": key[0], "d_Th": fmt(key[1], 0), "images": len(sub)}
-        for name in INITS:
-            d[f"{LABELS[name]} L_opt"] = fmt(_mean([r[f"{name} L_opt"] for r in sub]), 0)
-            d[f"{LABELS[name]} dB"] = fmt(_mean([r[f"{name} PSNR"] for r in sub]))
-            d[f"{LABELS[name]} SSIM"] = fmt(_mean([r[f"{name} SSIM"] for r in sub]), 3)
-            d[f"{LABELS[name]} LPIPS"] = fmt(_mean([r[f"{name} LPIPS"] for r in sub]), 3)
+        d |= _table_iii_cells(lambda name, k: _mean([r[f"{name} {k}"] for r in sub]))
         wins = sum(1 for r in sub if r["adaptive PSNR"] > max(r[f"{n} PSNR"] for n in INITS if n != "adaptive"))
         d["AS-SMoE best dB"] = f"{wins} of {len(sub)}"
         out.append(d)
