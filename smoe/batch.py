@@ -359,7 +359,6 @@ def _remove_leftovers(outdir: Path, names: list[str]) -> None:
 
 def _finished_report(folder: Path, input_sha: str | None, settings_sha: str) -> tuple[dict, dict] | None:
     """(record, metrics) of a complete earlier output for this input and these settings, else None."""
-
     try:
         entry = json.loads((folder / ENTRY_NAME).read_text())
         if entry.get("settings_sha256") != settings_sha or entry.get("input_sha256") != input_sha:
