@@ -249,20 +249,22 @@ def measure(path, colour, args, plot: bool) -> tuple[dict, dict]:
     return row, figure
 
 
-def sparsified_fits(path, colour, args) -> list[dict]:
-    """Table III analogue: every method from AS-SMoE's kernel count, fitted with L1 sparsification, per d_Th."""
-    image = load(path, colour, args.crop)
+def sparsified_fits(image, stem, colour, args, known_as) -> list[dict]:
+    """Table III analogue: every method from AS-SMoE's kernel count, fitted with L1 sparsification, per d_Th.
+
+    ``known_as`` is the AS-SMoE start already made at ``args.threshold``, reused there.
+    """
     h, w, _ = image.shape
     rows = []
     for thr in args.table3_thresholds:
-        model_as, _ = adaptive_init_with_report(image, None, workers=args.workers,
-                                                **(as_options(args) | {"threshold": thr}))
+        model_as = known_as if thr == args.threshold else adaptive_init_with_report(
+            image, None, workers=args.workers, **(as_options(args) | {"threshold": thr}))[0]
         L = len(model_as)
         starts = {"grid": initialize("grid", image, L, seed=args.seed),
                   "kmeans": initialize("kmeans", image, L, seed=args.seed),
                   "segment": initialize("segment", image, L, seed=args.seed, threshold=thr),
                   "adaptive": model_as}
-        row = {"section": "Table III", "image": path.stem, "colour": colour, "d_Th": thr}
+        row = {"section": "Table III", "image": stem, "colour": colour, "d_Th": thr}
         for name, start in starts.items():
             res = fit(image, len(start), init=start, iters=args.iters, log_every=args.iters, lam=args.table3_lam,
                       lr_pi=args.table3_lr_pi, seed=args.seed)
@@ -271,7 +273,7 @@ def sparsified_fits(path, colour, args) -> list[dict]:
                     f"{name} PSNR": round(q["psnr"], 2), f"{name} SSIM": round(q["ssim"], 4),
                     f"{name} LPIPS": round(q["lpips"], 4), f"{name} fit s": round(res.fit_seconds, 1)}
         rows.append(row)
-        log(f"{path.stem} {colour}: Table III at d_Th {thr:g} done (L_init {L})")
+        log(f"{stem} {colour}: Table III at d_Th {thr:g} done (L_init {L})")
     return rows
 
 
@@ -603,7 +605,7 @@ def main(argv=None):
                 draw_figures(path.stem, colour, fig_data, args, out)
             if args.sweep_workers:
                 sweep += worker_sweep(path, colour, args, args.sweep_workers)
-            sparse += sparsified_fits(path, colour, args)
+            sparse += sparsified_fits(fig_data["image"], path.stem, colour, args, fig_data["inits"]["adaptive"][0])
             log(f"{path.stem} {colour}: done, {time.perf_counter() - t_start:.0f} s so far")
 
     mean_md, mean_csv = means(rows, args.color, sweep)
