@@ -100,7 +100,13 @@ def run_method(name: str, noisy: np.ndarray, sigma: float, args, executor) -> np
     init = "segment" if m["threshold"] else "random"
     return dn.denoise(noisy, int(m["models"]), init=init, threshold=float(m["threshold"] or dn.DEFAULT_THRESHOLD),
                       mode="rbf" if m["rbf"] else "smoe", iters=args.iters, n_kernels=args.kernels,
-                      sigma=sigma if args.tell_sigma else None, seed=args.seed, executor=executor)
+                      sigma=sigma if args.tell_sigma else None, seed=args.seed, executor=executor,
+                      **({} if m["rbf"] else pruning(args)))
+
+
+def pruning(args) -> dict:
+    """Fit settings for L1 gate pruning, when asked for (``--lam``); the defaults prune nothing."""
+    return {} if args.lam == 0 else {"lam": args.lam, "lr_pi": args.lr_pi, "prune_every": 50}
 
 
 def centre_crop(image: np.ndarray, side: int | None) -> np.ndarray:
@@ -177,6 +183,9 @@ def main(argv=None):
     ap.add_argument("--with-64", action="store_true", help="add the 64-model MM-RSMoE-seg-10 row (slow)")
     ap.add_argument("--iters", type=int, default=dn.DEFAULT_ITERS, help="gradient steps per model")
     ap.add_argument("--kernels", type=int, default=None, help="initial kernels per model (default: smoe's)")
+    ap.add_argument("--lam", type=float, default=0.0,
+                    help="L1 gate weight of the SMoE (not RBF) fits; > 0 prunes kernels every 50 steps (default: off)")
+    ap.add_argument("--lr-pi", type=float, default=0.01, help="gate step when --lam > 0")
     ap.add_argument("--tell-sigma", action="store_true",
                     help="pass the true sigma to smoe (else it is estimated; it sets the kernel count and stop rule)")
     ap.add_argument("--workers", type=int, default=available_cores(), help="parallel fits (default: all cores)")
