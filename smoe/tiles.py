@@ -10,6 +10,8 @@ slightly, which multi-model denoising exploits.
 
 Binning is not differentiable (tile membership is piecewise constant in the
 parameters) and is shared by the PyTorch reference and the fused CPU kernel.
+The lists are built by a sort in PyTorch (:func:`list_boxes`, any device) or,
+for CPU tensors, by a counting sort in numba that gives the same lists.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit
 
 from .model import bounding_radius
 
@@ -142,24 +145,66 @@ def bin_kernels(mu: torch.Tensor, chol: torch.Tensor, pi: torch.Tensor, grid: Ti
         starts = torch.zeros(T, dtype=torch.long, device=device)
         return TileBins(starts, starts + n, active)
 
+    box = tile_boxes(mu.detach()[active], chol.detach()[active], grid)
+    if device.type == "cpu":
+        starts, ends, ids = _list_boxes_cpu(box.numpy(), active.numpy(), grid.shape[1], T)
+        return TileBins(*(torch.from_numpy(a) for a in (starts, ends, ids)))
+    return list_boxes(box, active, grid.shape[1], T)
+
+
+def tile_boxes(mu: torch.Tensor, chol: torch.Tensor, grid: TileGrid) -> torch.Tensor:
+    """The range of tiles each kernel's square box touches.
+
+    Parameters
+    ----------
+    mu : (N, 2) tensor
+    chol : (N, 3) tensor
+    grid : TileGrid
+
+    Returns
+    -------
+    (4, N) int64 tensor
+        Rows ``y0, y1, x0, x1``: kernel i touches tile rows ``y0..y1`` and
+        columns ``x0..x1`` (inclusive, clamped to the grid; empty when a last
+        index is below its first).
+    """
     ny, nx = grid.shape
     oy, ox = grid.offset
-    m = mu.detach()[active]
-    r = bounding_radius(chol.detach()[active])
-    x, y = m[:, 0], m[:, 1]
+    r = bounding_radius(chol)
+    x, y = mu[:, 0], mu[:, 1]
     # Tile index ranges in float first: huge or infinite radii must clamp, not overflow.
     x0 = torch.floor((x - r + ox) / grid.tile).clamp(-1, nx)
     x1 = torch.floor((x + r + ox) / grid.tile).clamp(-1, nx)
     y0 = torch.floor((y - r + oy) / grid.tile).clamp(-1, ny)
     y1 = torch.floor((y + r + oy) / grid.tile).clamp(-1, ny)
-    x0, x1 = x0.clamp(min=0).long(), x1.clamp(max=nx - 1).long()
-    y0, y1 = y0.clamp(min=0).long(), y1.clamp(max=ny - 1).long()
+    return torch.stack([y0.clamp(min=0), y1.clamp(max=ny - 1), x0.clamp(min=0), x1.clamp(max=nx - 1)]).long()
+
+
+def list_boxes(box: torch.Tensor, active: torch.Tensor, nx: int, num_tiles: int) -> TileBins:
+    """Tile lists from per-kernel tile boxes: the PyTorch implementation (any device).
+
+    Parameters
+    ----------
+    box : (4, N) int64 tensor
+        From :func:`tile_boxes`.
+    active : (N,) int64 tensor
+        The kernel index each box belongs to, ascending.
+    nx : int
+        Tiles per row.
+    num_tiles : int
+
+    Returns
+    -------
+    TileBins
+    """
+    device = box.device
+    y0, y1, x0, x1 = box
     wx = (x1 - x0 + 1).clamp(min=0)
     wy = (y1 - y0 + 1).clamp(min=0)
     counts = wx * wy
     total = int(counts.sum())
     if total == 0:
-        starts = torch.zeros(T, dtype=torch.long, device=device)
+        starts = torch.zeros(num_tiles, dtype=torch.long, device=device)
         return TileBins(starts, starts, torch.zeros(0, dtype=torch.long, device=device))
 
     owner = torch.repeat_interleave(torch.arange(active.numel(), device=device), counts)
@@ -171,6 +216,31 @@ def bin_kernels(mu: torch.Tensor, chol: torch.Tensor, pi: torch.Tensor, grid: Ti
     # accumulated in the same order by every implementation.
     tile, order = torch.sort(tile, stable=True)
     ids = active[owner[order]]
-    per_tile = torch.bincount(tile, minlength=T)
+    per_tile = torch.bincount(tile, minlength=num_tiles)
     ends = torch.cumsum(per_tile, 0)
     return TileBins(ends - per_tile, ends, ids)
+
+
+@njit(cache=True)
+def _list_boxes_cpu(box, active, nx, num_tiles):
+    """:func:`list_boxes` as a counting sort: the same lists in O(pairs), for CPU arrays."""
+    ny = num_tiles // nx
+    # Boxes are clamped to the grid already; clamping again keeps a NaN position (cast to a
+    # huge negative index) from writing out of bounds.
+    counts = np.zeros(num_tiles, np.int64)
+    for i in range(active.shape[0]):
+        for ty in range(max(box[0, i], 0), min(box[1, i], ny - 1) + 1):
+            for tx in range(max(box[2, i], 0), min(box[3, i], nx - 1) + 1):
+                counts[ty * nx + tx] += 1
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    fill = starts.copy()
+    ids = np.empty(ends[-1] if num_tiles else 0, np.int64)
+    # Kernels are visited in ascending order, so each tile's list comes out ascending, as the stable sort gives.
+    for i in range(active.shape[0]):
+        for ty in range(max(box[0, i], 0), min(box[1, i], ny - 1) + 1):
+            for tx in range(max(box[2, i], 0), min(box[3, i], nx - 1) + 1):
+                t = ty * nx + tx
+                ids[fill[t]] = active[i]
+                fill[t] += 1
+    return starts, ends, ids

@@ -8,7 +8,7 @@ import torch
 
 import smoe
 from smoe import Model
-from smoe.tiles import TileGrid, bin_kernels
+from smoe.tiles import TileGrid, active_kernels, bin_kernels, list_boxes, tile_boxes
 
 from conftest import random_model
 
@@ -206,6 +206,33 @@ def test_binning_lists_every_touched_tile():
     assert [t for t, ids in enumerate(per_tile) if 0 in ids] == [0]
     # Kernel 1: radius sqrt(9.21)/0.25 = 12.1 around (31.9, 0.5): columns 19.8..44 -> tiles 1, 2; row tile 0.
     assert [t for t, ids in enumerate(per_tile) if 1 in ids] == [1, 2]
+
+
+@pytest.mark.parametrize("offset,scale", [((0, 0), (1.0, 1.0)), ((5, 11), (1.0, 1.0)), ((3, 0), (2.5, 0.75))])
+def test_counting_sort_binning_equals_the_torch_sort(offset, scale):
+    model = random_model(3000, 90, 130, scale=(0.02, 0.6), margin=0.3, seed=4)
+    mu, chol, pi = model.mu.clone(), model.chol.clone(), model.pi.clone()
+    mu[7] = float("nan")  # a diverged kernel must not write out of bounds
+    chol[8, 0] = 1e-30  # a box wider than the image
+    pi[:500:3] = -1.0  # pruned kernels are not listed
+    grid = TileGrid(90, 130, offset, scale=scale)
+    bins = bin_kernels(mu, chol, pi, grid)
+    active = active_kernels(pi, "smoe")
+    keep = ~torch.isnan(mu[active]).any(1)  # the sort's answer for a NaN box is not defined
+    ref = list_boxes(tile_boxes(mu[active][keep], chol[active][keep], grid), active[keep], grid.shape[1],
+                     grid.num_tiles)
+    for a, b in zip((bins.starts, bins.ends, bins.ids), (ref.starts, ref.ends, ref.ids)):
+        assert torch.equal(a, b)
+    assert int((bins.ids == 8).sum()) == grid.num_tiles  # its box covers the grid
+    assert not (bins.ids == 7).any() and not (bins.ids == 0).any()
+
+
+def test_counting_sort_binning_of_nothing():
+    grid = TileGrid(20, 20)
+    empty = torch.zeros(0, 2), torch.zeros(0, 3), torch.zeros(0)
+    for bins in (bin_kernels(*empty, grid), list_boxes(tile_boxes(*empty[:2], grid), torch.zeros(0, dtype=torch.long),
+                                                       grid.shape[1], grid.num_tiles)):
+        assert bins.ids.numel() == 0 and bins.counts.sum() == 0 and len(bins.starts) == grid.num_tiles
 
 
 def brute_force(model, height, width, extent, offset=(0, 0)):
