@@ -235,7 +235,7 @@ def _list_boxes_cpu(box, active, nx, num_tiles):
     ends = np.cumsum(counts)
     starts = ends - counts
     fill = starts.copy()
-    ids = np.empty(ends[-1] if num_tiles else 0, np.int64)
+    ids = np.empty(ends[-1], np.int64)  # a grid has at least one tile
     # Kernels are visited in ascending order, so each tile's list comes out ascending, as the stable sort gives.
     for i in range(active.shape[0]):
         for ty in range(max(box[0, i], 0), min(box[1, i], ny - 1) + 1):
