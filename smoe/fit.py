@@ -250,7 +250,7 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
         for it in range(1, cfg.iters + 1):
             out = rasterize(p.mu, p.cholesky(), p.pi, p.experts, h, w, mode=mode, scope=scope,
                             tile_offset=tile_offset, backend=backend)
-            mse = torch.mean((out - target) ** 2)
+            mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
             loss = mse + cfg.lam * torch.clamp(p.pi, min=0).sum() if cfg.lam > 0 else mse
             if float(loss.detach()) < best:
                 best, best_model, best_steps = float(loss.detach()), _snapshot(p.model()), it - 1
@@ -321,7 +321,7 @@ def _mse(model: Model, target, mode, scope, tile_offset, backend) -> float:
     with torch.no_grad():
         out = rasterize(model.mu, model.chol, model.pi, model.experts, *target.shape[:2], mode=mode, scope=scope,
                         tile_offset=tile_offset, backend=backend)
-    return float(torch.mean((out - target) ** 2))
+    return float(torch.nn.functional.mse_loss(out, target))
 
 
 def _loss(model: Model, mse: float, lam: float) -> float:

@@ -1,13 +1,15 @@
 """The fused CPU rasterizer against the PyTorch reference, and both against finite differences."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 
 import smoe
-from smoe import Model
+from smoe import Model, fused_cpu
+from smoe.fused_cpu import min_q_in_box
 from smoe.tiles import TileGrid, active_kernels, bin_kernels, list_boxes, tile_boxes
 
 from conftest import random_model
@@ -136,6 +138,55 @@ def test_elongated_and_tiny_kernels():
     b = grads(model, 41, 47, "torch", weight)
     for x, y in zip(a, b):
         assert (x - y).abs().max() <= 1e-4 * y.abs().max().clamp(min=1e-12)
+
+
+def test_min_q_in_box_is_the_smallest_distance_over_the_box():
+    rng = np.random.default_rng(7)
+    t = np.linspace(0.0, 1.0, 401)
+    for _ in range(200):
+        mx, my = rng.uniform(-30, 30, 2)
+        b00, b11 = np.exp(rng.uniform(-4, 1, 2))
+        b10 = rng.normal(0, 2)
+        x0, y0 = rng.uniform(-20, 20, 2)
+        x1, y1 = x0 + rng.uniform(0, 16), y0 + rng.uniform(0, 16)
+        xx, yy = np.meshgrid(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t)
+        u, v = b00 * (xx - mx), b10 * (xx - mx) + b11 * (yy - my)
+        brute = (u * u + v * v).min()
+        q = min_q_in_box(mx, my, b00, b10, b11, x0, x1, y0, y1)
+        assert q <= brute * (1 + 1e-9) + 1e-12  # never above the true minimum: skipping stays exact
+        assert q >= brute * 0.95 - 0.1  # and close to it (the grid only approximates the box)
+    assert min_q_in_box(1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 2.0, 0.0, 2.0) == 0  # centre inside
+    assert min_q_in_box(np.nan, 50.0, 1.0, 0.0, 1.0, 0.0, 2.0, 0.0, 2.0) == 0  # NaN is never skipped
+
+
+def test_skipping_kernels_that_underflow_in_a_tile_changes_no_bit(monkeypatch):
+    # Needles listed for many tiles (square boxes) where they are exactly 0, plus ordinary
+    # kernels; rendering and gradients must equal those computed without the skip.
+    base = random_model(40, 48, 64, scale=(0.1, 0.5), seed=9)
+    needles = Model([[30.0, 20.0], [10.0, 40.0]], [[5.0, 0.0, 0.01], [0.02, 0.5, 3.0]], [1.0, 0.7],
+                    [[0.9, 0.1, 0.3], [0.2, 0.8, 0.5]])
+    model = Model(*(torch.cat([a, b]) for a, b in zip(
+        (base.mu, base.chol, base.pi, base.experts), (needles.mu, needles.chol, needles.pi, needles.experts))))
+    grid = TileGrid(48, 64)
+    bins = bin_kernels(model.mu, model.chol, model.pi, grid)
+    redges, cedges = grid.edges()
+    skippable = 0
+    for tile in range(grid.num_tiles):
+        ty, tx = divmod(tile, grid.shape[1])
+        for j in bins.ids[bins.starts[tile]:bins.ends[tile]].tolist():
+            q = min_q_in_box(*model.mu[j].tolist(), *model.chol[j].tolist(), cedges[tx] + 0.5,
+                             cedges[tx + 1] - 0.5, redges[ty] + 0.5, redges[ty + 1] - 0.5)
+            skippable += q > fused_cpu.underflow_q(np.float32)
+    assert skippable > 5
+    weight = torch.randn(48, 64, 3, generator=torch.Generator().manual_seed(1))
+    for mode, sharpen in (("smoe", None), ("rbf", None), ("smoe", 0.5)):
+        kw = {"mode": mode} if sharpen is None else {"sharpen": sharpen}
+        skipped = smoe.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
+        with monkeypatch.context() as m:
+            m.setattr(fused_cpu, "underflow_q", lambda dtype: math.inf)
+            full = smoe.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
+        assert torch.equal(skipped[0], full[0])
+        assert all(torch.equal(a, b) for a, b in zip(skipped[1], full[1]))
 
 
 @pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
