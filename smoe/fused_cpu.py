@@ -185,13 +185,12 @@ def min_q_in_box(mx, my, b00, b10, b11, x0, x1, y0, y1):
     if x0 <= mx <= x1 and y0 <= my <= y1:
         return 0.0
     a = b00 * b00 + b10 * b10  # along a horizontal edge q = a dx^2 + 2 b10 b11 dy dx + (b11 dy)^2
-    c = b11 * b11  # along a vertical edge q = (b00 dx)^2 + c (dy + b10 dx / b11)^2
     best = np.inf
     for dy in (y0 - my, y1 - my):
         dx = min(max(-b10 * b11 * dy / a if a > 0 else 0.0, x0 - mx), x1 - mx)
         best = min(best, _q_at(b00, b10, b11, dx, dy))
-    for dx in (x0 - mx, x1 - mx):
-        dy = min(max(-b10 * dx / b11 if c > 0 else 0.0, y0 - my), y1 - my)
+    for dx in (x0 - mx, x1 - mx):  # along a vertical edge q = (b00 dx)^2 + b11^2 (dy + b10 dx / b11)^2
+        dy = min(max(-b10 * dx / b11 if b11 != 0 else 0.0, y0 - my), y1 - my)
         best = min(best, _q_at(b00, b10, b11, dx, dy))
     return best
 
