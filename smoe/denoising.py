@@ -32,9 +32,8 @@ Each model starts with :func:`default_kernels` kernels and stops as soon as
 its mean squared residual to the noisy image falls to :data:`STOP_FACTOR`
 times the noise variance (Morozov's discrepancy principle): past that point a
 model can only get closer to the noisy image by reproducing its noise.  Smooth
-images get there early and textured ones late: 8 models of kodim23 take 19 s
-at sigma^2 = 0.01 on 2 cores, kodim13's foliage 82 s, close to the
-:data:`DEFAULT_ITERS` cap.
+images get there early and textured ones late: 8 models of kodim23 take 11 s
+at sigma^2 = 0.01 on 2 cores, kodim13's foliage 49 s.
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
