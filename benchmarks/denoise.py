@@ -15,18 +15,19 @@ headline rows, ``--methods all`` runs the whole table):
 * ``bm3d``: ``bm3d.bm3d_rgb(noisy, sigma_psd=sigma)`` (CBM3D) for RGB,
   ``bm3d.bm3d`` for grey (PyPI package ``bm3d``, single CPU thread).
 * ``seg10-H`` / ``seg20-H``: MM-RSMoE with H models, segmentation-based
-  initialization with MDBSCAN d_Th 10 / 20 (``smoe.denoising`` defaults
-  otherwise); H in 1, 8, 16, 64.
+  initialization with MDBSCAN d_Th 10 / 20 and ``--area-power`` (default
+  ``smoe.denoising.DEFAULT_AREA_POWER``; 1 spreads the kernels evenly over the
+  segments), ``smoe.denoising`` defaults otherwise; H in 1, 8, 16, 64.
 * ``random-8``: MM-RSMoE, 8 models, random initialization (the paper's plain
   MM-RSMoE).
-* ``rbf-8``, ``rbf-seg10-8``: the multi-model GaussianImage comparison
+* ``rbf-8``, ``rbf-seg20-8``: the multi-model GaussianImage comparison
   (rasterized RBF), random / segmentation initialization.
 
 Outputs are clipped to [0, 1] before they are measured, as a saved image
 would be.  PSNR on [0, 1] over all channels, SSIM, LPIPS (AlexNet); seconds
 are wall time of the whole method (MDBSCAN, all fits and renders, with
 ``--workers`` processes for the SMoE rows; BM3D runs in this process).  The
-last table gives, per image, the ratio of the MM-RSMoE-seg-10 (8 models) time
+last table gives, per image, the ratio of the MM-RSMoE-seg-20 (8 models) time
 to the BM3D time.
 
     python benchmarks/denoise.py                                   # 6 images, sigma^2 = 0.01, quick set
@@ -56,9 +57,9 @@ from _common import RESULTS, header, kodak_images, markdown_table, write_results
 from scaling import load_note
 
 VARIANCES = (0.0037, 0.005, 0.01, 0.05)
-QUICK = ("noisy", "bm3d", "seg10-8")
-ALL = ("noisy", "bm3d", "seg10-1", "seg10-8", "seg10-16", "seg20-8", "random-8", "rbf-8", "rbf-seg10-8")
-HEADLINE = "seg10-8"
+QUICK = ("noisy", "bm3d", "seg20-8")
+ALL = ("noisy", "bm3d", "seg20-1", "seg20-8", "seg20-16", "seg10-8", "random-8", "rbf-8", "rbf-seg20-8")
+HEADLINE = "seg20-8"
 # seg<D>-<H>, random-<H>, rbf-<H> (random init), rbf-seg<D>-<H>
 _SMOE = re.compile(r"(?:(?P<rbf>rbf-)|(?=seg|random))(?:seg(?P<threshold>\d+)-|random-)?(?P<models>\d+)")
 
@@ -99,7 +100,7 @@ def run_method(name: str, noisy: np.ndarray, sigma: float, args, executor) -> np
     m = _SMOE.fullmatch(name)
     init = "segment" if m["threshold"] else "random"
     return dn.denoise(noisy, int(m["models"]), init=init, threshold=float(m["threshold"] or dn.DEFAULT_THRESHOLD),
-                      mode="rbf" if m["rbf"] else "smoe", iters=args.iters, n_kernels=args.kernels,
+                      area_power=args.area_power, mode="rbf" if m["rbf"] else "smoe", iters=args.iters, n_kernels=args.kernels,
                       sigma=sigma if args.tell_sigma else None, seed=args.seed, executor=executor,
                       **({} if m["rbf"] else pruning(args)))
 
@@ -180,9 +181,11 @@ def main(argv=None):
                     help="Kodak image numbers")
     ap.add_argument("--variances", type=float, nargs="+", default=[0.01], help=f"noise variances, e.g. {VARIANCES}")
     ap.add_argument("--methods", nargs="+", default=list(QUICK), help=f"rows; 'all' = {' '.join(ALL)}")
-    ap.add_argument("--with-64", action="store_true", help="add the 64-model MM-RSMoE-seg-10 row (slow)")
+    ap.add_argument("--with-64", action="store_true", help="add the 64-model MM-RSMoE-seg-20 row (slow)")
     ap.add_argument("--iters", type=int, default=dn.DEFAULT_ITERS, help="gradient steps per model")
     ap.add_argument("--kernels", type=int, default=None, help="initial kernels per model (default: smoe's)")
+    ap.add_argument("--area-power", type=float, default=dn.DEFAULT_AREA_POWER,
+                    help="segment init: kernels per segment grow like area ** P (1: even density)")
     ap.add_argument("--lam", type=float, default=0.0,
                     help="L1 gate weight of the SMoE (not RBF) fits; > 0 prunes kernels every 50 steps (default: off)")
     ap.add_argument("--lr-pi", type=float, default=0.01, help="gate step when --lam > 0")
@@ -195,7 +198,7 @@ def main(argv=None):
     ap.add_argument("--figure-image", default=None, help="image for the crop figure (default: the first)")
     ap.add_argument("--out", default=str(RESULTS / "denoise"))
     args = ap.parse_args(argv)
-    methods = check_methods(args.methods) + (["seg10-64"] if args.with_64 else [])
+    methods = check_methods(args.methods) + (["seg20-64"] if args.with_64 else [])
     paths = kodak_images(args.images)
     if not paths:
         raise SystemExit(f"no Kodak images match {args.images}")
@@ -261,7 +264,7 @@ def report(args, methods, rows, panels, note) -> None:
         "Noise: Gaussian, variance on [0, 1], fixed seeds, clipped to [0, 1]; outputs clipped before measuring.",
         "", "### Means", "", markdown_table(means), "",
         f"### Time of {method_label(HEADLINE)} relative to BM3D", "",
-        markdown_table(ratios) if ratios else "(needs the bm3d and seg10-8 rows)", "",
+        markdown_table(ratios) if ratios else f"(needs the bm3d and {HEADLINE} rows)", "",
         "### Per image", "", markdown_table(per_image), ""])
     print(text)
     write_results(args.out, text, per_image)

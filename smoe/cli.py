@@ -666,6 +666,9 @@ def _add_denoise(sub, common) -> None:
     p.add_argument("--threshold", type=_positive_float, default=dn.DEFAULT_THRESHOLD, metavar="D",
                    help="MDBSCAN colour threshold d_Th (RGB distance, 0-255 scale) for --init segment "
                         "(default: %(default)g)")
+    p.add_argument("--area-power", type=_non_negative_float, default=dn.DEFAULT_AREA_POWER, metavar="P",
+                   help="for --init segment: kernels per segment in proportion to its area to the power P, from 0 "
+                        "(the same count in every segment) to 1 (the same density everywhere) (default: %(default)g)")
     p.add_argument("--mode", choices=MODES, default="smoe",
                    help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
     p.add_argument("--sigma", type=_non_negative_float, default=None, metavar="S",
@@ -693,6 +696,9 @@ def _run_denoise(args) -> int:
         raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
                        f"--sigma {args.sigma / 255:.3g}")
     offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
+    if not 0 <= args.area_power <= 1:
+        raise CliError(f"--area-power {args.area_power:g} is out of range; give a number from 0 (the same kernel "
+                       "count in every segment) to 1 (the same density everywhere)")
     workers = args.workers or min(available_cores(), len(offsets))
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]
@@ -713,7 +719,8 @@ def _run_denoise(args) -> int:
                   f"kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, {workers} worker(s)")
         try:
             with _sigterm_as_interrupt():
-                clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold, mode=args.mode,
+                clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold,
+                                area_power=args.area_power, mode=args.mode,
                                 n_kernels=n_kernels, iters=args.iters, sigma=sigma, seed=args.seed,
                                 workers=workers, quiet=args.quiet)
         except ExecutorError as exc:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoising import STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
+from smoe.denoising import DEFAULT_AREA_POWER, STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
@@ -95,6 +95,20 @@ def test_precomputed_labels_are_used_as_given(noisy, monkeypatch):
     labels = np.ones((H, W), np.int32)
     labels[:, W // 2:] = 2
     assert denoise(noisy, 1, init_options={"labels": labels}, **FAST).shape == noisy.shape
+
+
+def test_area_power_reaches_the_segment_initializer(noisy, monkeypatch):
+    import smoe.initializers.segment as seg
+
+    seen = []
+    real = seg._share_budget
+    monkeypatch.setattr(seg, "_share_budget", lambda area, n, power: seen.append(power) or real(area, n, power))
+    labels = np.ones((H, W), np.int32)
+    labels[:, W // 2:] = 2
+    denoise(noisy, 1, init_options={"labels": labels}, **FAST)
+    denoise(noisy, 1, area_power=0.0, init_options={"labels": labels}, **FAST)
+    denoise(noisy, 1, area_power=0.0, init_options={"labels": labels, "area_power": 1.0}, **FAST)
+    assert seen == [DEFAULT_AREA_POWER, 0.0, 1.0]
 
 
 @pytest.mark.dask
@@ -206,7 +220,8 @@ def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
     ({"iters": 0}, "iters"), ({"mode": "nope"}, "mode"), ({"init": "nope"}, "unknown initializer"),
     ({"threshold": -1}, "threshold"), ({"sigma": float("nan")}, "sigma"), ({"stop_factor": 0}, "stop_factor"),
     ({"stop_factor": float("inf")}, "stop_factor"),
-    ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"),
+    ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"), ({"area_power": 1.5}, "area_power"),
+    ({"area_power": float("nan")}, "area_power"), ({"init_options": {"area_power": -1}}, "area_power"),
 ])
 def test_bad_arguments_raise_one_line_errors(noisy, kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
@@ -258,7 +273,7 @@ def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
     ["--models", "0"], ["--models", "300"], ["--shift-step", "3"], ["--shift-step", "0"],
     ["--models", "4", "--shift-step", "8"], ["--threshold", "0"], ["--sigma", "-0.1"], ["--sigma", "25"],
     ["-n", "0"], ["-n", str(H * W + 1)], ["--iters", "0"], ["--workers", "0"], ["--init", "nope"],
-    ["--mode", "nope"],
+    ["--mode", "nope"], ["--area-power", "1.5"], ["--area-power", "-0.5"], ["--area-power", "nan"],
 ])
 def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, monkeypatch):
     import smoe.denoising as dn

@@ -252,6 +252,45 @@ def test_segment_small_segments_get_one_kernel():
     assert counts.tolist() == [28, 1, 1]
 
 
+def test_segment_area_power_zero_shares_equally_and_widens_sparse_segments():
+    labels, img = rings()
+    area = np.bincount(labels.ravel())[1:]
+    n = 12 * len(area)
+    model = initialize("segment", img, n, seed=0, labels=labels, area_power=0)
+    p = model.numpy()
+    counts = segment_counts(model, labels)
+    assert counts.tolist() == [12] * len(area)
+    # Each kernel starts as wide as its segment's spacing, or the global one if that is wider.
+    rows, cols = kernel_pixels(model, *labels.shape)
+    spacing = np.maximum(area / 12, labels.size / n)[labels[rows, cols] - 1]
+    np.testing.assert_allclose(1 / p["chol"][:, 0], 0.5 * np.sqrt(spacing), rtol=1e-6)
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_segment_area_power_shares_follow_the_power(power):
+    labels = np.repeat(np.arange(1, 4), [100, 400, 1600])[None, :].repeat(2, 0)   # areas 200, 800, 3200
+    area = np.array([200, 800, 3200])
+    counts = segment_counts(initialize("segment", np.zeros((2, 2100, 3), np.float32), 70, labels=labels,
+                                       area_power=power), labels)
+    quota = 70 * area ** power / (area ** power).sum()
+    assert counts.sum() == 70 and np.all(np.abs(counts - quota) < 1)
+
+
+def test_segment_area_power_caps_a_share_at_the_segment_pixels():
+    labels = np.ones((20, 20), np.int32)
+    labels[:1, :3] = 2                                                          # 3 pixels
+    counts = segment_counts(initialize("segment", np.zeros((20, 20, 1), np.float32), 40, labels=labels,
+                                       area_power=0), labels)
+    assert counts.tolist() == [37, 3]
+
+
+def test_segment_bad_area_power():
+    img = np.zeros((8, 8, 3), np.float32)
+    for bad in (-0.1, 1.5, float("nan"), True, "half"):
+        with pytest.raises(ValueError, match="area_power must be a number between 0 "):
+            initialize("segment", img, 4, labels=np.ones((8, 8), np.int32), area_power=bad)
+
+
 def test_segment_budget_below_segment_count_goes_to_largest():
     labels = np.repeat(np.arange(1, 6), [5, 50, 20, 40, 5])[None, :].repeat(4, 0)   # areas x4
     counts = segment_counts(initialize("segment", np.zeros((4, 120, 3), np.float32), 3, labels=labels), labels)

@@ -1,15 +1,22 @@
 """Segmentation-based initialization, S-SMoE (VCIP 2023; AS paper, Table II).
 
 MDBSCAN cuts the image into segments (SPEC §4).  The kernel budget is shared
-over the segments in proportion to their areas, and each segment's kernels
-sit at distinct pixels drawn uniformly at random inside it: a fixed
-distribution, not adapted to the content.  Kernels are round with one shared
-bandwidth; the expert is the image value at the kernel's pixel.
+over the segments, and each segment's kernels sit at distinct pixels drawn
+uniformly at random inside it: a fixed distribution, not adapted to the
+content.  Kernels are round; the expert is the image value at the kernel's
+pixel.
 
-Budget rule.  When the budget L covers every segment, each segment gets
-``max(1, lambda * area)`` kernels, with ``lambda`` chosen so the shares sum to
-L: segments too small for a whole kernel get exactly one and the rest are
-strictly proportional to area.  The shares are rounded by largest remainders
+Budget rule.  Segment s of area A_s gets a share proportional to
+``A_s ** area_power``.  With ``area_power = 1`` (S-SMoE, the default) the
+shares are proportional to area, so the kernel density is the same in every
+segment and all kernels share one bandwidth.  With ``area_power = 0`` every
+segment gets the same number of kernels, ``L / N`` for N segments (R paper,
+Eq. 9): large flat segments get few kernels per pixel, and those kernels
+start as wide as the segment's own spacing ``sqrt(A_s / n_s)`` allows, so each
+gate averages more pixels (more noise) than in a uniform layout.  Values in
+between trade the two.  Whatever the power, a segment gets at least one and at
+most ``A_s`` kernels: shares that fall outside are pinned to the bound and the
+rest rescaled until stable.  The shares are rounded by largest remainders
 (ties to the lower label), so the model has exactly L kernels.  When L is
 smaller than the segment count, the L largest segments get one kernel each
 (ties to the lower label) and the others none.
@@ -34,8 +41,9 @@ DEFAULT_BANDWIDTH = 0.5
 
 @register("segment")
 def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, threshold: float = 40.0,
-                 sigma: float = 1.0, labels: np.ndarray | None = None, bandwidth: float = DEFAULT_BANDWIDTH):
-    """Round kernels at random pixels of MDBSCAN segments, counts proportional to segment area.
+                 sigma: float = 1.0, labels: np.ndarray | None = None, bandwidth: float = DEFAULT_BANDWIDTH,
+                 area_power: float = 1.0):
+    """Round kernels at random pixels of MDBSCAN segments, ``area ** area_power`` kernels per segment.
 
     Parameters
     ----------
@@ -56,6 +64,11 @@ def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator,
     bandwidth : float
         Kernel standard deviation in units of ``sqrt(H W / L)``, the spacing of
         a regular grid with the same budget; see :data:`DEFAULT_BANDWIDTH`.
+        With ``area_power < 1``, in units of the segment's own spacing
+        ``sqrt(A_s / n_s)`` where that is wider.
+    area_power : float
+        Between 0 and 1: segment shares proportional to ``area ** area_power``;
+        1 is S-SMoE's proportional share, 0 the R paper's equal share.
 
     Returns
     -------
@@ -64,17 +77,21 @@ def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator,
     """
     n_kernels = require_budget("segment", n_kernels)
     h, w, _ = image.shape
-    _check_options(n_kernels, h, w, threshold, bandwidth)
+    _check_options(n_kernels, h, w, threshold, bandwidth, area_power)
     if labels is None:
         labels = mdbscan(image, threshold, sigma=sigma)
     segment = _segment_ids(labels, h, w)
     area = np.bincount(segment.ravel())
-    pixels = _random_pixels(segment.ravel(), _share_budget(area, n_kernels), rng)
+    count = _share_budget(area, n_kernels, area_power)
+    pixels = _random_pixels(segment.ravel(), count, rng)
     centres = np.stack([pixels % w + 0.5, pixels // w + 0.5], 1)
-    return round_kernels(centres, bandwidth * math.sqrt(h * w / n_kernels), image)
+    spacing = h * w / n_kernels
+    if area_power != 1:  # segments thinner than the mean density start with wider kernels
+        spacing = np.repeat(np.maximum(area / np.maximum(count, 1), spacing), count)
+    return round_kernels(centres, bandwidth * np.sqrt(spacing), image)
 
 
-def _check_options(n_kernels, h, w, threshold, bandwidth):
+def _check_options(n_kernels, h, w, threshold, bandwidth, area_power):
     if isinstance(n_kernels, bool) or not isinstance(n_kernels, Integral) or not 1 <= n_kernels <= h * w:
         raise ValueError(f"segment: n_kernels must be an integer between 1 and the pixel count {h * w}, "
                          f"got {n_kernels!r}")
@@ -82,6 +99,14 @@ def _check_options(n_kernels, h, w, threshold, bandwidth):
     for name, v in (("threshold", threshold), ("bandwidth", bandwidth)):
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"segment: {name} must be a finite number > 0, got {v!r}")
+    check_area_power(area_power)
+
+
+def check_area_power(area_power) -> None:
+    """Raise ValueError unless ``area_power`` is a number in [0, 1]."""
+    if isinstance(area_power, bool) or not isinstance(area_power, Real) or not 0 <= area_power <= 1:
+        raise ValueError(f"area_power must be a number between 0 (the same kernel count in every segment) and 1 "
+                         f"(kernel counts proportional to segment area), got {area_power!r}")
 
 
 def _segment_ids(labels, h: int, w: int) -> np.ndarray:
@@ -93,23 +118,28 @@ def _segment_ids(labels, h: int, w: int) -> np.ndarray:
     return np.unique(lab, return_inverse=True)[1].reshape(h, w)
 
 
-def _share_budget(area: np.ndarray, n_kernels: int) -> np.ndarray:
+def _share_budget(area: np.ndarray, n_kernels: int, power: float = 1.0) -> np.ndarray:
     """(S,) kernels per segment summing to ``n_kernels`` (see the module docstring)."""
     count = np.zeros(len(area), np.int64)
     if n_kernels < len(area):
         count[np.argsort(-area, kind="stable")[:n_kernels]] = 1
         return count
-    # Water-filling: segments whose proportional share falls below one kernel are
-    # pinned to one; rescaling the rest can pin more, so repeat until stable.
-    # Integer arithmetic keeps the largest segment unpinned when L equals the segment count.
-    pinned = np.zeros(len(area), bool)
+    # Water-filling: shares below one kernel are pinned to one, shares above the
+    # segment's pixel count to that count; rescaling the rest can pin more, so repeat
+    # until stable.  For power 1, integer arithmetic keeps the largest segment unpinned
+    # when L equals the segment count.
+    weight = area.astype(np.float64) ** power if power != 1 else area
+    low = np.zeros(len(area), bool)
+    high = np.zeros(len(area), bool)
     while True:
-        free, rest = n_kernels - int(pinned.sum()), int(area[~pinned].sum())
-        now = area * free < rest
-        if (now == pinned).all():
+        free = n_kernels - int(low.sum()) - int(area[high].sum())
+        rest = weight[~(low | high)].sum()
+        new_low = ~high & (weight * free < rest)
+        new_high = ~new_low & (weight * free > area * rest)
+        if (new_low == low).all() and (new_high == high).all():
             break
-        pinned = now
-    quota = np.where(pinned, 1.0, area * (free / rest))
+        low, high = new_low, new_high
+    quota = np.where(low, 1.0, np.where(high, area, weight * (free / rest)))
     count = np.floor(quota).astype(np.int64)
     left = n_kernels - int(count.sum())
     order = np.argsort(-(quota - count), kind="stable")
