@@ -100,8 +100,9 @@ def run_method(name: str, noisy: np.ndarray, sigma: float, args, executor) -> np
     m = _SMOE.fullmatch(name)
     init = "segment" if m["threshold"] else "random"
     return dn.denoise(noisy, int(m["models"]), init=init, threshold=float(m["threshold"] or dn.DEFAULT_THRESHOLD),
-                      area_power=args.area_power, mode="rbf" if m["rbf"] else "smoe", iters=args.iters, n_kernels=args.kernels,
-                      sigma=sigma if args.tell_sigma else None, seed=args.seed, executor=executor,
+                      area_power=args.area_power, mode="rbf" if m["rbf"] else "smoe", iters=args.iters,
+                      n_kernels=args.kernels, sigma=sigma if args.tell_sigma else None, seed=args.seed,
+                      executor=executor,
                       **({} if m["rbf"] else pruning(args)))
 
 

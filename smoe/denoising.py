@@ -25,8 +25,9 @@ labels are shared by all models, which then differ only in where the kernels
 are drawn inside the segments (model k uses ``seed + k``) and in the tile
 offset.  Segment s gets kernels in proportion to ``area_s ** area_power``
 (default 0.5), so large flat segments get fewer and wider kernels per pixel
-than textured ones (R Eq. 9 gives every segment the same count, power 0).  ``init="random"`` is the paper's plain MM-RSMoE; ``mode="rbf"`` gives
-the multi-model GaussianImage comparison.
+than textured ones (R Eq. 9 gives every segment the same count, power 0).
+``init="random"`` is the paper's plain MM-RSMoE; ``mode="rbf"`` gives the
+multi-model GaussianImage comparison.
 
 Budget and stopping.  The defaults need no noise level.  Without ``sigma``
 the noise level is estimated from the noisy image (:func:`estimate_noise`).
@@ -347,11 +348,9 @@ def _noisy_input(noisy) -> np.ndarray:
 
 def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | None = None, init: str = "segment",
             threshold: float = DEFAULT_THRESHOLD, area_power: float = DEFAULT_AREA_POWER, mode: str = "smoe",
-            n_kernels: int | None = None,
-            iters: int = DEFAULT_ITERS, sigma: float | None = None, stop_factor: float | None = STOP_FACTOR,
-            seed: int = 0, workers: int = 1,
-            return_models: bool = False, quiet: bool = True, init_options: dict | None = None,
-            executor: Executor | None = None, **settings):
+            n_kernels: int | None = None, iters: int = DEFAULT_ITERS, sigma: float | None = None,
+            stop_factor: float | None = STOP_FACTOR, seed: int = 0, workers: int = 1, return_models: bool = False,
+            quiet: bool = True, init_options: dict | None = None, executor: Executor | None = None, **settings):
     """Denoise an image by averaging H rasterized models with shifted tile grids.
 
     Parameters

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoising import DEFAULT_AREA_POWER, STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise, shift_offsets
+from smoe.denoising import (DEFAULT_AREA_POWER, STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise,
+                            shift_offsets)
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
