@@ -21,7 +21,6 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 
 import smoe
 from smoe.imageio import read_image
