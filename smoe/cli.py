@@ -691,14 +691,17 @@ def _add_denoise(sub, common) -> None:
 def _run_denoise(args) -> int:
     from .denoising import default_kernels, denoise, estimate_noise, shift_offsets
     from .executor import ExecutorError, available_cores
+    from .initializers.segment import check_area_power
 
     if args.sigma is not None and args.sigma > 1:
         raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
                        f"--sigma {args.sigma / 255:.3g}")
     offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
-    if not 0 <= args.area_power <= 1:
+    try:
+        check_area_power(args.area_power)
+    except ValueError as exc:
         raise CliError(f"--area-power {args.area_power:g} is out of range; give a number from 0 (the same kernel "
-                       "count in every segment) to 1 (the same density everywhere)")
+                       "count in every segment) to 1 (the same density everywhere)") from exc
     workers = args.workers or min(available_cores(), len(offsets))
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]

@@ -118,7 +118,7 @@ def _segment_ids(labels, h: int, w: int) -> np.ndarray:
     return np.unique(lab, return_inverse=True)[1].reshape(h, w)
 
 
-def _share_budget(area: np.ndarray, n_kernels: int, power: float = 1.0) -> np.ndarray:
+def _share_budget(area: np.ndarray, n_kernels: int, power: float) -> np.ndarray:
     """(S,) kernels per segment summing to ``n_kernels`` (see the module docstring)."""
     count = np.zeros(len(area), np.int64)
     if n_kernels < len(area):
