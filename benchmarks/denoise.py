@@ -18,6 +18,9 @@ headline rows, ``--methods all`` runs the whole table):
   initialization with MDBSCAN d_Th 10 / 20 and ``--area-power`` (default
   ``smoe.denoising.DEFAULT_AREA_POWER``; 1 spreads the kernels evenly over the
   segments), ``smoe.denoising`` defaults otherwise; H in 1, 8, 16, 64.
+  The colour of every SMoE and RBF row comes from ``--chroma-models``
+  half-resolution models (default ``smoe.denoising.DEFAULT_CHROMA_MODELS``;
+  0 gives the paper's joint RGB fit).
 * ``random-8``: MM-RSMoE, 8 models, random initialization (the paper's plain
   MM-RSMoE).
 * ``rbf-8``, ``rbf-seg20-8``: the multi-model GaussianImage comparison
@@ -100,7 +103,8 @@ def run_method(name: str, noisy: np.ndarray, sigma: float, args, executor) -> np
     m = _SMOE.fullmatch(name)
     init = "segment" if m["threshold"] else "random"
     return dn.denoise(noisy, int(m["models"]), init=init, threshold=float(m["threshold"] or dn.DEFAULT_THRESHOLD),
-                      area_power=args.area_power, mode="rbf" if m["rbf"] else "smoe", iters=args.iters,
+                      area_power=args.area_power, chroma_models=args.chroma_models,
+                      mode="rbf" if m["rbf"] else "smoe", iters=args.iters,
                       n_kernels=args.kernels, sigma=sigma if args.tell_sigma else None, seed=args.seed,
                       executor=executor,
                       **({} if m["rbf"] else pruning(args)))
@@ -187,6 +191,8 @@ def main(argv=None):
     ap.add_argument("--kernels", type=int, default=None, help="initial kernels per model (default: smoe's)")
     ap.add_argument("--area-power", type=float, default=dn.DEFAULT_AREA_POWER,
                     help="segment init: kernels per segment grow like area ** P (1: even density)")
+    ap.add_argument("--chroma-models", type=int, default=dn.DEFAULT_CHROMA_MODELS,
+                    help="RGB: half-resolution models that give the colour; 0 = the paper's joint fit")
     ap.add_argument("--lam", type=float, default=0.0,
                     help="L1 gate weight of the SMoE (not RBF) fits; > 0 prunes kernels every 50 steps (default: off)")
     ap.add_argument("--lr-pi", type=float, default=0.01, help="gate step when --lam > 0")
@@ -257,7 +263,7 @@ def report(args, methods, rows, panels, note) -> None:
     ratios = time_ratios(rows, args.variances)
     settings = {**vars(args), "methods": methods, "smoe_density": dn.DEFAULT_DENSITY,
                 "smoe_settings": dn.DEFAULT_SETTINGS, "threshold_default": dn.DEFAULT_THRESHOLD,
-                "stop_factor": dn.STOP_FACTOR}
+                "stop_factor": dn.STOP_FACTOR, "chroma_density": dn.CHROMA_DENSITY, "chroma_iters": dn.CHROMA_ITERS}
     per_image = [{k: (f"{v:.4f}" if isinstance(v, float) and k != "variance" else v) for k, v in r.items()
                   if k != "key"} for r in rows]
     text = "\n".join([

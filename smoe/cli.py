@@ -171,6 +171,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _kernel_count(text: str) -> int | None:
     return None if text == "auto" else _positive_int(text)
 
@@ -669,6 +679,10 @@ def _add_denoise(sub, common) -> None:
     p.add_argument("--area-power", type=_non_negative_float, default=dn.DEFAULT_AREA_POWER, metavar="P",
                    help="for --init segment: kernels per segment in proportion to its area to the power P, from 0 "
                         "(the same count in every segment) to 1 (the same density everywhere) (default: %(default)g)")
+    p.add_argument("--chroma-models", type=_non_negative_int, default=dn.DEFAULT_CHROMA_MODELS, metavar="N",
+                   help="RGB images: take the colour (not the brightness) from N coarser models fitted at half "
+                        "resolution, which leave less colour noise; 0 takes it from the same models, as the R "
+                        "paper does (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="smoe",
                    help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
     p.add_argument("--sigma", type=_non_negative_float, default=None, metavar="S",
@@ -689,7 +703,7 @@ def _add_denoise(sub, common) -> None:
 
 
 def _run_denoise(args) -> int:
-    from .denoising import default_kernels, denoise, estimate_noise, shift_offsets
+    from .denoising import MAX_MODELS, default_kernels, denoise, estimate_noise, shift_offsets
     from .executor import ExecutorError, available_cores
     from .initializers.segment import check_area_power
 
@@ -702,6 +716,9 @@ def _run_denoise(args) -> int:
     except ValueError as exc:
         raise CliError(f"--area-power {args.area_power:g} is out of range; give a number from 0 (the same kernel "
                        "count in every segment) to 1 (the same density everywhere)") from exc
+    if args.chroma_models > MAX_MODELS:
+        raise CliError(f"--chroma-models {args.chroma_models} is more than the {MAX_MODELS} distinct shifts of the "
+                       f"tile grid; give 0 to {MAX_MODELS}")
     workers = args.workers or min(available_cores(), len(offsets))
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]
@@ -718,12 +735,15 @@ def _run_denoise(args) -> int:
         if not args.quiet:
             source = "estimated" if args.sigma is None else "given"
             models = f"{len(offsets)} model{'s' * (len(offsets) != 1)}"
+            colour = f", colour from {args.chroma_models} half-resolution models" \
+                if args.chroma_models and noisy.ndim == 3 else ""
             print(f"denoising {args.noisy} ({w}x{h}), noise sigma {sigma:.4f} ({source}): {models} of {n_kernels} "
-                  f"kernels, {args.mode}, init {args.init}, at most {args.iters} iterations, {workers} worker(s)")
+                  f"kernels{colour}, {args.mode}, init {args.init}, at most {args.iters} iterations, "
+                  f"{workers} worker(s)")
         try:
             with _sigterm_as_interrupt():
                 clean = denoise(noisy, len(offsets), init=args.init, threshold=args.threshold,
-                                area_power=args.area_power, mode=args.mode,
+                                area_power=args.area_power, chroma_models=args.chroma_models, mode=args.mode,
                                 n_kernels=n_kernels, iters=args.iters, sigma=sigma, seed=args.seed,
                                 workers=workers, quiet=args.quiet)
         except ExecutorError as exc:

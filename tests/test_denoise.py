@@ -65,7 +65,7 @@ def test_bad_counts_and_steps(kwargs, match):
 
 # =================================================================== averaging
 def test_output_is_the_mean_of_the_shifted_renders(noisy):
-    out, fitted = denoise(noisy, 3, return_models=True, **FAST)
+    out, fitted = denoise(noisy, 3, chroma_models=0, return_models=True, **FAST)
     assert out.shape == noisy.shape and out.dtype == np.float32
     assert [m.tile_offset for m in fitted] == shift_offsets(3)
     assert [m.seed for m in fitted] == [0, 1, 2]
@@ -74,6 +74,47 @@ def test_output_is_the_mean_of_the_shifted_renders(noisy):
     np.testing.assert_allclose(out, np.mean(renders, axis=0), atol=1e-6)
     # The models differ (seeds and offsets), so averaging does something.
     assert np.abs(renders[0] - renders[1]).max() > 1e-3
+
+
+def test_colour_models_give_the_chroma_and_the_first_models_the_channel_mean(noisy):
+    out, fitted = denoise(noisy, 3, chroma_models=2, return_models=True, **FAST)
+    main, colour = fitted[:3], fitted[3:]
+    assert [m.chroma for m in fitted] == [False] * 3 + [True] * 2
+    assert [m.seed for m in colour] == [3, 4] and [m.tile_offset for m in colour] == shift_offsets(2)
+    assert all(m.extent == (H, W) for m in main) and all(m.extent == (H // 2, W // 2) for m in colour)
+    with torch.no_grad():
+        brightness = np.mean([render(m.model, H, W, tile_offset=m.tile_offset).numpy() for m in main], axis=0)
+        chroma = np.mean([render(m.model, H, W, extent=m.extent, tile_offset=m.tile_offset).numpy()
+                          for m in colour], axis=0)
+    np.testing.assert_allclose(out.mean(axis=2), brightness.mean(axis=2), atol=1e-6)
+    np.testing.assert_allclose(out - out.mean(axis=2, keepdims=True),
+                               chroma - chroma.mean(axis=2, keepdims=True), atol=1e-6)
+    # The colour models start where the first ones did not: they change the result.
+    assert np.abs(out - brightness).max() > 1e-3
+
+
+def test_half_resolution_averages_blocks_and_doubles_an_odd_edge():
+    from smoe.denoising import _half_resolution
+
+    image = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
+    half = _half_resolution(image)
+    assert half.shape == (3, 4, 3)
+    np.testing.assert_allclose(half[0, 0], image[:2, :2].mean(axis=(0, 1)))
+    np.testing.assert_allclose(half[2, 3], image[4, 6])
+    np.testing.assert_allclose(half[1, 3], image[2:4, 6].mean(axis=0))
+
+
+def test_odd_sized_colour_image_and_grey_ignoring_colour_models(noisy):
+    odd = noisy[:-1, :-3]
+    assert denoise(odd, 1, chroma_models=1, **FAST).shape == odd.shape
+    grey = noisy[:, :, 0]
+    assert np.array_equal(denoise(grey, 1, chroma_models=3, **FAST), denoise(grey, 1, chroma_models=0, **FAST))
+
+
+@pytest.mark.parametrize("bad", [-1, 257, 2.5, True, "4"])
+def test_bad_colour_model_counts(noisy, bad):
+    with pytest.raises(ValueError, match="chroma_models must be"):
+        denoise(noisy, 1, chroma_models=bad, **FAST)
 
 
 def test_denoising_beats_the_noisy_input(noisy):
@@ -106,10 +147,12 @@ def test_area_power_reaches_the_segment_initializer(noisy, monkeypatch):
     monkeypatch.setattr(seg, "_share_budget", lambda area, n, power: seen.append(power) or real(area, n, power))
     labels = np.ones((H, W), np.int32)
     labels[:, W // 2:] = 2
-    denoise(noisy, 1, init_options={"labels": labels}, **FAST)
-    denoise(noisy, 1, area_power=0.0, init_options={"labels": labels}, **FAST)
-    denoise(noisy, 1, area_power=0.0, init_options={"labels": labels, "area_power": 1.0}, **FAST)
-    assert seen == [DEFAULT_AREA_POWER, 0.0, 1.0]
+    denoise(noisy, 1, chroma_models=0, init_options={"labels": labels}, **FAST)
+    denoise(noisy, 1, chroma_models=0, area_power=0.0, init_options={"labels": labels}, **FAST)
+    denoise(noisy, 1, chroma_models=0, area_power=0.0, init_options={"labels": labels, "area_power": 1.0}, **FAST)
+    # The colour models share the option, with the labels sampled at half resolution.
+    denoise(noisy, 1, chroma_models=2, area_power=0.25, init_options={"labels": labels}, **FAST)
+    assert seen == [DEFAULT_AREA_POWER, 0.0, 1.0, 0.25, 0.25, 0.25]
 
 
 @pytest.mark.dask
@@ -223,6 +266,7 @@ def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
     ({"stop_factor": float("inf")}, "stop_factor"),
     ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"), ({"area_power": 1.5}, "area_power"),
     ({"area_power": float("nan")}, "area_power"), ({"init_options": {"area_power": -1}}, "area_power"),
+    ({"chroma_models": -1}, "chroma_models"),
 ])
 def test_bad_arguments_raise_one_line_errors(noisy, kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
@@ -262,7 +306,13 @@ def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
                  "-o", str(out)]) == 0
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "model 2/2" in captured.err and "(estimated)" in captured.out
+    assert "colour model 4/4" in captured.err and "colour from 4 half-resolution models" in captured.out
     assert read_image(out).shape == (H, W, 3)
+    joint = tmp_path / "joint.png"
+    assert main(["denoise", str(noisy_file), "--models", "2", "-n", "40", "--iters", "10", "--workers", "1",
+                 "--chroma-models", "0", "-o", str(joint)]) == 0
+    assert "colour model" not in capsys.readouterr().err
+    assert not np.array_equal(read_image(joint), read_image(out))
     quiet = tmp_path / "q.png"
     assert main(["denoise", str(noisy_file), "--shift-step", "16", "--init", "random", "--mode", "rbf", "-n", "40",
                  "--iters", "5", "--workers", "1", "--quiet", "-o", str(quiet)]) == 0
@@ -275,6 +325,7 @@ def test_cli_denoise_end_to_end(noisy_file, tmp_path, capsys):
     ["--models", "4", "--shift-step", "8"], ["--threshold", "0"], ["--sigma", "-0.1"], ["--sigma", "25"],
     ["-n", "0"], ["-n", str(H * W + 1)], ["--iters", "0"], ["--workers", "0"], ["--init", "nope"],
     ["--mode", "nope"], ["--area-power", "1.5"], ["--area-power", "-0.5"], ["--area-power", "nan"],
+    ["--chroma-models", "-1"], ["--chroma-models", "257"], ["--chroma-models", "two"],
 ])
 def test_cli_denoise_rejects_bad_options(options, noisy_file, tmp_path, capsys, monkeypatch):
     import smoe.denoising as dn
