@@ -483,26 +483,29 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     settings = {**DEFAULT_SETTINGS, **_stop_rule(noise, stop_factor, iters), **settings, "iters": iters}
     # Fail on a bad kernel count, initializer or setting here, not inside a worker.
     _validate_fit_arguments(img, n_kernels, init, mode, settings)
+    sets = [{"image": img, "offsets": offsets, "first_seed": seed, "n_kernels": n_kernels, "settings": settings,
+             "init_options": _init_options(img, init, threshold, area_power, init_options)}]
+    if n_chroma:
+        half = _half_resolution(img)
+        chroma_iters = min(iters, CHROMA_ITERS)
+        # A 2 x 2 mean of white noise has half its standard deviation.
+        sets.append({"image": half, "offsets": shift_offsets(n_chroma), "first_seed": seed + len(offsets),
+                     "n_kernels": default_kernels(*half.shape[:2], noise, density=CHROMA_DENSITY), "scale": 2,
+                     "settings": {**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters),
+                                  "iters": chroma_iters},
+                     "init_options": _init_options(half, init, threshold, area_power, init_options, step=2)})
     own = executor is None
     ex = make_executor(min(workers, len(offsets))) if own else executor
     fitted = [] if return_models else None
-    fits = {"mode": mode, "init": init, "executor": ex, "fitted": fitted, "quiet": quiet}
     try:
-        result = _average(img, offsets, seed, n_kernels=n_kernels, settings=settings,
-                          init_options=_init_options(img, init, threshold, area_power, init_options), **fits)
-        if n_chroma:
-            half = _half_resolution(img)
-            # A 2 x 2 mean of white noise has half its standard deviation.
-            chroma_iters = min(iters, CHROMA_ITERS)
-            chroma_settings = {**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters), "iters": chroma_iters}
-            colour = _average(half, shift_offsets(n_chroma), seed + len(offsets), scale=2, settings=chroma_settings,
-                              n_kernels=default_kernels(*half.shape[:2], noise, density=CHROMA_DENSITY),
-                              init_options=_init_options(half, init, threshold, area_power, init_options, step=2),
-                              **fits)[:h, :w]
-            result += colour - colour.mean(axis=2, keepdims=True) - (result - result.mean(axis=2, keepdims=True))
+        result, *colour = [_average(**job, mode=mode, init=init, executor=ex, fitted=fitted, quiet=quiet)
+                           for job in sets]
     finally:
         if own:
             ex.close()
+    if colour:
+        chroma = colour[0][:h, :w]
+        result = result.mean(axis=2, keepdims=True) + chroma - chroma.mean(axis=2, keepdims=True)
     result = result.astype(np.float32).reshape(np.shape(noisy))
     return (result, fitted) if return_models else result
 
@@ -546,6 +549,7 @@ def _init_options(image: np.ndarray, init: str, threshold: float, area_power: fl
             options["threshold"] = threshold  # still validated by the initializer
         elif step > 1:
             labels = np.asarray(options["labels"])
+            # Labels of any other shape go through as they are, for the initializer to report.
             options["labels"] = labels[::step, ::step] if labels.ndim == 2 else labels
         options.setdefault("area_power", area_power)
         check_area_power(options["area_power"])
