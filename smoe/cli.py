@@ -659,7 +659,8 @@ def _add_denoise(sub, common) -> None:
                        description="Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
                        "shifted by a different offset and its own random start, and write the mean of their "
                        "renders. No noise level is needed: it is estimated from the image, and each model stops once "
-                       "its residual is down to the noise.",
+                       "its residual is down to the noise. The colour of an RGB image comes from a few coarser models "
+                       "fitted at half resolution (--chroma-models).",
                        epilog="Time grows linearly with the number of models; --workers fits models in parallel "
                        "processes and does not change the result.")
     p.add_argument("noisy", metavar="NOISY", help="noisy image file (PNG, JPEG, TIFF, BMP; grey or RGB)")

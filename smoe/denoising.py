@@ -49,8 +49,8 @@ Each model starts with :func:`default_kernels` kernels and stops as soon as
 its mean squared residual to the noisy image falls to :data:`STOP_FACTOR`
 times the noise variance (Morozov's discrepancy principle): past that point a
 model can only get closer to the noisy image by reproducing its noise.  Smooth
-images get there early and textured ones late: 8 models of kodim23 take 13 s
-at sigma^2 = 0.01 on 2 cores, kodim13's foliage 38 s.
+images get there early and textured ones late: 8 models of kodim23 (and the 4
+colour models) take 17 s at sigma^2 = 0.01 on 2 cores, kodim13's foliage 42 s.
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
