@@ -197,7 +197,8 @@ def main(argv=None):
                     help="L1 gate weight of the SMoE (not RBF) fits; > 0 prunes kernels every 50 steps (default: off)")
     ap.add_argument("--lr-pi", type=float, default=0.01, help="gate step when --lam > 0")
     ap.add_argument("--tell-sigma", action="store_true",
-                    help="pass the true sigma to smoe (else it is estimated; it sets the kernel count and stop rule)")
+                    help="pass the true sigma to smoe (else it is estimated; it sets the kernel count and the colour "
+                         "models' stop)")
     ap.add_argument("--workers", type=int, default=available_cores(), help="parallel fits (default: all cores)")
     ap.add_argument("--crop", type=int, default=None, help="use a centred SIDE x SIDE crop of every image")
     ap.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -263,7 +264,8 @@ def report(args, methods, rows, panels, note) -> None:
     ratios = time_ratios(rows, args.variances)
     settings = {**vars(args), "methods": methods, "smoe_density": dn.DEFAULT_DENSITY,
                 "smoe_settings": dn.DEFAULT_SETTINGS, "threshold_default": dn.DEFAULT_THRESHOLD,
-                "stop_factor": dn.STOP_FACTOR, "chroma_density": dn.CHROMA_DENSITY, "chroma_iters": dn.CHROMA_ITERS}
+                "stop_corr": dn.STOP_CORR, "stop_factor": dn.STOP_FACTOR, "chroma_density": dn.CHROMA_DENSITY,
+                "chroma_iters": dn.CHROMA_ITERS}
     per_image = [{k: (f"{v:.4f}" if isinstance(v, float) and k != "variance" else v) for k, v in r.items()
                   if k != "key"} for r in rows]
     text = "\n".join([

@@ -659,9 +659,9 @@ def _add_denoise(sub, common) -> None:
     p = sub.add_parser("denoise", parents=[common], help="denoise an image with averaged shifted models (MM-RSMoE)",
                        description="Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
                        "shifted by a different offset and its own random start, and write the mean of their "
-                       "renders. No noise level is needed: it is estimated from the image, and each model stops once "
-                       "its residual is down to the noise. The colour of an RGB image comes from a few coarser models "
-                       "fitted at half resolution (--chroma-models).",
+                       "renders. No noise level is needed: each model stops once its residual looks like fitted white "
+                       "noise, and the kernel budget follows an estimate of the noise. The colour of an RGB image "
+                       "comes from a few coarser models fitted at half resolution (--chroma-models).",
                        epilog="Time grows linearly with the number of models; --workers fits models in parallel "
                        "processes and does not change the result.")
     p.add_argument("noisy", metavar="NOISY", help="noisy image file (PNG, JPEG, TIFF, BMP; grey or RGB)")
@@ -689,7 +689,7 @@ def _add_denoise(sub, common) -> None:
                    help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
     p.add_argument("--sigma", type=_non_negative_float, default=None, metavar="S",
                    help="noise standard deviation on the 0-1 scale if known (e.g. 0.1 for 25.5/255); it sets the "
-                        "default kernel count and when each model stops (default: estimated from the image)")
+                        "default kernel count and when the colour models stop (default: estimated from the image)")
     p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
                    help=f"initial kernels per model (default: one per {round(1 / dn.DEFAULT_DENSITY)} pixels)")
     p.add_argument("--iters", type=_positive_int, default=dn.DEFAULT_ITERS, metavar="N",

@@ -44,13 +44,19 @@ set's average and takes the chroma of the second's.  ``chroma_models=0``
 gives the paper's joint fit; grey images have no chroma.
 
 Budget and stopping.  The defaults need no noise level.  Without ``sigma``
-the noise level is estimated from the noisy image (:func:`estimate_noise`).
-Each model starts with :func:`default_kernels` kernels and stops as soon as
-its mean squared residual to the noisy image falls to :data:`STOP_FACTOR`
-times the noise variance (Morozov's discrepancy principle): past that point a
-model can only get closer to the noisy image by reproducing its noise.  Smooth
-images get there early and textured ones late: 8 models of kodim23 (and the 4
-colour models) take 17 s at sigma^2 = 0.01 on 2 cores, kodim13's foliage 42 s.
+the noise level is estimated from the noisy image (:func:`estimate_noise`);
+it sets the kernel count (:func:`default_kernels`).  Each model of the first
+set stops once its residual to the noisy image looks like white noise that has
+begun to be fitted: the correlation of the residual with itself one pixel
+across and down falls to :data:`STOP_CORR` (a little below 0).  A model that
+still misses structure leaves a positively correlated residual; one that
+follows the noise takes out its smooth part and leaves a negatively correlated
+one.  Unlike a residual-energy rule this needs no noise level and lets
+textured images fit deeper than flat ones.  The colour models stop by
+Morozov's discrepancy principle: their mean squared residual falls to
+:data:`STOP_FACTOR` times the variance of their (halved) noise.  At
+sigma^2 = 0.01 on 2 cores, 8 models of kodim23 (and the 4 colour models) take
+25 s; kodim13's foliage uses all :data:`DEFAULT_ITERS` steps, 59 s.
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
@@ -88,7 +94,7 @@ from .tiles import TILE
 __all__ = ["denoise", "shift_offsets", "add_noise", "default_kernels", "fit_shift", "ShiftModel",
            "estimate_noise", "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS",
            "DEFAULT_THRESHOLD", "DEFAULT_AREA_POWER", "DEFAULT_CHROMA_MODELS", "CHROMA_DENSITY", "CHROMA_ITERS",
-           "MAX_MODELS", "STOP_FACTOR"]
+           "MAX_MODELS", "STOP_CORR", "STOP_FACTOR"]
 
 #: Models averaged by default (the paper's "8 models" rows of Table IV).
 DEFAULT_MODELS = 8
@@ -122,13 +128,22 @@ DEFAULT_CHROMA_MODELS = 4
 CHROMA_DENSITY = 1 / 32
 #: Most gradient steps per colour model.
 CHROMA_ITERS = 100
-#: Most gradient steps per model; most models stop earlier (:data:`STOP_FACTOR`).
-DEFAULT_ITERS = 300
-#: Each model stops once its mean squared residual to the noisy image is at most this fraction of the
-#: noise variance.  Pilot at sigma^2 = 0.01, 8 models, 256 x 256 crops, known clipped-noise variance,
-#: at most 300 steps (PSNR, seconds): kodim23 0.97: 30.38 dB, 11.5 s; 1.00: 30.13; 1.06: 29.21;
-#: kodim05 0.97: 27.18 dB; 1.00: 27.46 (400 steps); 1.06: 27.09.  Without a stop, 300 steps at the
-#: lower learning rates used before gave kodim23 30.26 dB in 25 s and kodim05 26.31 dB in 22 s.
+#: Most gradient steps per model; smooth images stop earlier (:data:`STOP_CORR`).  The cap keeps
+#: the slowest Kodak images within twice BM3D's time: kodim13 at sigma^2 = 0.01 reaches 26.20 dB in
+#: 59 s with 150 steps, 26.44 dB in 72 s with 200 and 26.64 dB in 103 s with 300.
+DEFAULT_ITERS = 150
+#: A model of the first set stops once its residual's neighbour correlation
+#: (:func:`smoe.fit.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
+#: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
+#: (31.88), kodim05 28.87 (28.18), kodim13 26.64 (26.04), kodim23 33.07 (32.96); -0.045 stopped later
+#: for the same or less.  Tighter energy rules could not serve every image: 0.93 gave 31.93, 28.58,
+#: 26.40, 33.04 and 0.90 gave 31.83, 28.81, 26.64, 32.82.
+STOP_CORR = -0.04
+#: The colour models stop once their mean squared residual to their (half-resolution) image is at most
+#: this fraction of its noise variance.  Pilot of this rule for the joint fit at sigma^2 = 0.01,
+#: 8 models, 256 x 256 crops, known clipped-noise variance, at most 300 steps (PSNR, seconds):
+#: kodim23 0.97: 30.38 dB, 11.5 s; 1.00: 30.13; 1.06: 29.21; kodim05 0.97: 27.18 dB; 1.00: 27.46
+#: (400 steps); 1.06: 27.09.
 STOP_FACTOR = 0.97
 #: Learning rates of the short denoising fits, pinned (not the regression defaults).  Raised in
 #: two rounds, each time because models hit the step cap before the stop rule: first to three times
@@ -388,8 +403,8 @@ def _noisy_input(noisy) -> np.ndarray:
 def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | None = None, init: str = "segment",
             threshold: float = DEFAULT_THRESHOLD, area_power: float = DEFAULT_AREA_POWER, mode: str = "smoe",
             n_kernels: int | None = None, iters: int = DEFAULT_ITERS, sigma: float | None = None,
-            stop_factor: float | None = STOP_FACTOR, chroma_models: int = DEFAULT_CHROMA_MODELS, seed: int = 0,
-            workers: int = 1, return_models: bool = False,
+            stop_corr: float | None = STOP_CORR, stop_factor: float | None = STOP_FACTOR,
+            chroma_models: int = DEFAULT_CHROMA_MODELS, seed: int = 0, workers: int = 1, return_models: bool = False,
             quiet: bool = True, init_options: dict | None = None, executor: Executor | None = None, **settings):
     """Denoise an image by averaging H rasterized models with shifted tile grids.
 
@@ -423,11 +438,16 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     sigma : float, optional
         Noise standard deviation on [0, 1] if known; by default it is
         estimated (:func:`estimate_noise`).  It sets the default kernel count
-        and the stop rule.
+        and the colour models' stop rule.
+    stop_corr : float or None
+        Stop each model of the first set once the neighbour correlation of
+        its residual to the noisy image is at most this (checked every 10
+        steps); None gives them the ``stop_factor`` rule instead.
     stop_factor : float or None
-        Stop each model once its mean squared residual to the noisy image is
-        at most ``stop_factor * sigma**2`` (checked every 10 steps); None
-        runs all ``iters`` steps.
+        Stop each colour model (and with ``stop_corr=None`` each model) once
+        its mean squared residual is at most ``stop_factor * sigma**2`` (of
+        its image's noise; checked every 10 steps).  None with
+        ``stop_corr=None`` runs all ``iters`` steps.
     chroma_models : int
         RGB only: models of the separate, half-resolution colour fit (module
         docstring, "Colour"), 0 to 256; 0 takes the colour from the same
@@ -473,6 +493,9 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     if stop_factor is not None and not (isinstance(stop_factor, Real) and math.isfinite(stop_factor)
                                         and stop_factor > 0):
         raise ValueError(f"stop_factor must be a finite number > 0 (or None for no stop rule), got {stop_factor!r}")
+    if stop_corr is not None and not (isinstance(stop_corr, Real) and math.isfinite(stop_corr)
+                                      and -1 <= stop_corr <= 1):
+        raise ValueError(f"stop_corr must be a correlation between -1 and 1 (or None), got {stop_corr!r}")
     n_chroma = _check_models(chroma_models, allow_zero=True)
     if img.shape[2] == 1:
         n_chroma = 0  # grey has no chroma
@@ -480,7 +503,9 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     noise = estimate_noise(img) if sigma is None else float(sigma)
     if n_kernels is None:
         n_kernels = default_kernels(h, w, noise)
-    settings = {**DEFAULT_SETTINGS, **_stop_rule(noise, stop_factor, iters), **settings, "iters": iters}
+    main_stop = ({"target_corr": stop_corr, "log_every": _CHECK_EVERY} if stop_corr is not None
+                 else _stop_rule(noise, stop_factor, iters))
+    settings = {**DEFAULT_SETTINGS, **main_stop, **settings, "iters": iters}
     # Fail on a bad kernel count, initializer or setting here, not inside a worker.
     _validate_fit_arguments(img, n_kernels, init, mode, settings)
     sets = [{"image": img, "offsets": offsets, "first_seed": seed, "n_kernels": n_kernels, "settings": settings,
@@ -491,8 +516,8 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         # A 2 x 2 mean of white noise has half its standard deviation.
         sets.append({"image": half, "offsets": shift_offsets(n_chroma), "first_seed": seed + len(offsets),
                      "n_kernels": default_kernels(*half.shape[:2], noise, density=CHROMA_DENSITY), "scale": 2,
-                     "settings": {**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters),
-                                  "iters": chroma_iters},
+                     "settings": {**settings, "target_corr": None,
+                                  **_stop_rule(noise / 2, stop_factor, chroma_iters), "iters": chroma_iters},
                      "init_options": _init_options(half, init, threshold, area_power, init_options, step=2)})
     own = executor is None
     ex = make_executor(min(workers, len(offsets))) if own else executor

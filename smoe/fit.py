@@ -39,6 +39,7 @@ class FitSettings:
     lam: float = 0.0
     prune_every: int = 100
     target_psnr: float | None = None
+    target_corr: float | None = None
     tol: float | None = None
     time_budget: float | None = None
     log_every: int = 10
@@ -54,6 +55,8 @@ class FitSettings:
             raise ValueError(f"lam must be a finite non-negative number, got {self.lam}")
         if self.target_psnr is not None and not math.isfinite(self.target_psnr):
             raise ValueError(f"target_psnr must be finite, got {self.target_psnr}")
+        if self.target_corr is not None and not (math.isfinite(self.target_corr) and -1 <= self.target_corr <= 1):
+            raise ValueError(f"target_corr must be a correlation between -1 and 1, got {self.target_corr}")
         if self.tol is not None and not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a finite non-negative number, got {self.tol}")
         if self.time_budget is not None and not (self.time_budget > 0):
@@ -69,8 +72,9 @@ class FitResult:
 
     model : the fitted (pruned, detached) Model
     history : one dict per logged iteration with keys
-        iteration, loss, psnr, kernels, kernels_per_tile, seconds
-    stop_reason : "iterations", "target_psnr", "plateau" or "time_budget"
+        iteration, loss, psnr, kernels, kernels_per_tile, seconds (and
+        residual_corr with a ``target_corr`` stop rule)
+    stop_reason : "iterations", "target_psnr", "target_corr", "plateau" or "time_budget"
     extras : {"returned_steps": optimizer steps behind the returned model}; the
         fit returns the iterate with the lowest loss, which is the last one
         unless Adam ended on a spike
@@ -202,7 +206,9 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
         Called with each history record as it is logged.
     **settings
         Fields of :class:`FitSettings`: ``iters``, learning rates, ``lam``,
-        ``prune_every``, stopping rules ``target_psnr``, ``tol`` (relative loss
+        ``prune_every``, stopping rules ``target_psnr``, ``target_corr`` (stop
+        once :func:`neighbour_correlation` of the residual is at most this,
+        checked at log points and recorded there as ``residual_corr``), ``tol`` (relative loss
         decrease between two log points below which the fit stops),
         ``time_budget`` (seconds), and ``log_every``.
 
@@ -276,6 +282,10 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
                 rec = {"iteration": it, "loss": float(loss.detach()), "psnr": psnr, "kernels": live,
                        "kernels_per_tile": kernels_per_tile(p.model(), h, w, mode=mode, tile_offset=tile_offset)
                        if scope == "raster" else float(live), "seconds": elapsed}
+                if cfg.target_corr is not None:
+                    rec["residual_corr"] = neighbour_correlation(target - out.detach())
+                    if rec["residual_corr"] <= cfg.target_corr:
+                        stop, last = "target_corr", True
                 history.append(rec)
                 if callback is not None:
                     callback(rec)
@@ -311,6 +321,20 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
             "iterations": it, **cfg.__dict__}
     return FitResult(model, history, used, len(start), init_seconds, fit_seconds, stop,
                      extras={"returned_steps": best_steps})
+
+
+def neighbour_correlation(residual: torch.Tensor) -> float:
+    """Correlation of a residual ``(H, W, C)`` with itself shifted by one pixel, across and down.
+
+    White noise gives 0; a fit that still misses structure leaves a positive value,
+    and one that has begun to follow the noise (taking out its smooth part) a negative one.
+    """
+    energy = float(residual.square().mean())
+    if energy == 0:
+        return 0.0
+    across = float((residual[:, 1:] * residual[:, :-1]).mean()) if residual.shape[1] > 1 else 0.0
+    down = float((residual[1:] * residual[:-1]).mean()) if residual.shape[0] > 1 else 0.0
+    return (across + down) / (2 * energy)
 
 
 def _snapshot(model: Model) -> Model:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoising import (DEFAULT_AREA_POWER, STOP_FACTOR, add_noise, default_kernels, denoise, estimate_noise,
-                            shift_offsets)
+from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, add_noise,
+                            default_kernels, denoise, estimate_noise, shift_offsets)
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
@@ -229,21 +229,36 @@ def _spied_fits(monkeypatch, noisy, **kwargs):
     return seen
 
 
-def test_models_stop_at_the_noise_variance(noisy, monkeypatch):
-    given = _spied_fits(monkeypatch, noisy, sigma=0.1)[0][0]
+def test_brightness_models_stop_on_residual_correlation_and_colour_models_on_energy(noisy, monkeypatch):
+    seen = [settings for settings, _ in _spied_fits(monkeypatch, noisy, sigma=0.1)]
+    main, colour = seen[:2], seen[2:]
+    assert len(colour) == DEFAULT_CHROMA_MODELS
+    assert all(s["target_corr"] == STOP_CORR and "target_psnr" not in s for s in main)
+    # The colour models fit a 2 x 2 average, whose noise has half the standard deviation.
+    assert all(s["target_corr"] is None for s in colour)
+    assert all(s["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * 0.05 ** 2)) for s in colour)
+
+
+def test_without_a_correlation_rule_the_models_stop_at_the_noise_variance(noisy, monkeypatch):
+    given = _spied_fits(monkeypatch, noisy, sigma=0.1, stop_corr=None)[0][0]
     assert given["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * 0.01))
-    estimated = _spied_fits(monkeypatch, noisy)[0][0]
+    estimated = _spied_fits(monkeypatch, noisy, stop_corr=None)[0][0]
     assert estimated["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * estimate_noise(noisy) ** 2))
-    unstopped = _spied_fits(monkeypatch, noisy, stop_factor=None)[0][0]
+    unstopped = _spied_fits(monkeypatch, noisy, stop_corr=None, stop_factor=None)[0][0]
     assert "target_psnr" not in unstopped and unstopped["log_every"] == FAST["iters"]
-    assert "target_psnr" not in _spied_fits(monkeypatch, noisy, sigma=0.0)[0][0]
+    assert "target_psnr" not in _spied_fits(monkeypatch, noisy, sigma=0.0, stop_corr=None)[0][0]
 
 
 def test_a_met_stop_rule_ends_the_fits_early(noisy, monkeypatch):
     # Within sigma = 0.5 of the noisy image from the start, so every model stops at the first check.
-    for _, result in _spied_fits(monkeypatch, noisy, iters=200, sigma=0.5):
+    for _, result in _spied_fits(monkeypatch, noisy, iters=200, sigma=0.5, stop_corr=None):
         assert result.stop_reason == "target_psnr" and result.extras["returned_steps"] <= 10
-    for _, result in _spied_fits(monkeypatch, noisy, iters=30, sigma=0.5, stop_factor=None):
+    # Any residual's neighbour correlation is at most 1.
+    for _, result in _spied_fits(monkeypatch, noisy, iters=200, chroma_models=0, stop_corr=1.0):
+        assert result.stop_reason == "target_corr" and result.settings["iterations"] == 10
+    for _, result in _spied_fits(monkeypatch, noisy, iters=30, chroma_models=0, stop_corr=-1.0):
+        assert result.stop_reason == "iterations"
+    for _, result in _spied_fits(monkeypatch, noisy, iters=30, sigma=0.5, stop_corr=None, stop_factor=None):
         assert result.stop_reason == "iterations"
 
 
@@ -263,7 +278,8 @@ def test_values_outside_the_unit_range_are_clipped_with_a_warning(noisy):
     ({"workers": 0}, "workers"), ({"n_kernels": 0}, "n_kernels"), ({"n_kernels": H * W + 1}, "n_kernels"),
     ({"iters": 0}, "iters"), ({"mode": "nope"}, "mode"), ({"init": "nope"}, "unknown initializer"),
     ({"threshold": -1}, "threshold"), ({"sigma": float("nan")}, "sigma"), ({"stop_factor": 0}, "stop_factor"),
-    ({"stop_factor": float("inf")}, "stop_factor"),
+    ({"stop_factor": float("inf")}, "stop_factor"), ({"stop_corr": 1.5}, "stop_corr"),
+    ({"stop_corr": float("nan")}, "stop_corr"), ({"stop_corr": "low"}, "stop_corr"),
     ({"mode": "rbf", "lam": 1e-4}, "SMoE gates"), ({"area_power": 1.5}, "area_power"),
     ({"area_power": float("nan")}, "area_power"), ({"init_options": {"area_power": -1}}, "area_power"),
     ({"chroma_models": -1}, "chroma_models"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import smoe
-from smoe.fit import fit
+from smoe.fit import fit, neighbour_correlation
 from smoe.initializers import available, initialize
 
 
@@ -85,6 +85,28 @@ def test_stopping_rules():
     assert budget.stop_reason == "time_budget"
 
 
+def test_the_correlation_rule_stops_at_the_first_log_point_at_or_below_its_target():
+    noisy = np.clip(blobs_image() + np.random.default_rng(0).normal(0, 0.05, (40, 52, 3)), 0, 1).astype(np.float32)
+    result = fit(noisy, 60, iters=300, target_corr=0.0, log_every=10)
+    corr = [rec["residual_corr"] for rec in result.history]
+    assert result.stop_reason == "target_corr" and result.settings["iterations"] == 10 * len(corr) < 300
+    assert corr[-1] <= 0.0 < min(corr[:-1])
+
+
+def test_neighbour_correlation_of_known_residuals():
+    noise = torch.from_numpy(np.random.default_rng(1).normal(size=(256, 256, 3)))
+    assert abs(neighbour_correlation(noise)) < 0.01
+    box = (noise + noise.roll(1, 0) + noise.roll(1, 1) + noise.roll((1, 1), (0, 1))) / 4
+    assert neighbour_correlation(box) == pytest.approx(0.5, abs=0.02)  # two of four terms shared
+    assert neighbour_correlation(noise - box) < -0.1  # what a fit that follows the noise leaves
+    y, x = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    checkers = ((-1.0) ** (y + x))[..., None]
+    assert neighbour_correlation(checkers) == pytest.approx(-1.0)
+    assert neighbour_correlation(torch.ones(5, 7, 1)) == pytest.approx(1.0)
+    assert neighbour_correlation(torch.zeros(5, 7, 1)) == 0.0
+    assert neighbour_correlation(torch.ones(1, 1, 3)) == 0.0
+
+
 def test_initializers():
     img = blobs_image()
     assert {"random", "grid"} <= set(available())
@@ -119,6 +141,7 @@ def test_fit_from_model_and_callback():
     ({"mode": "rbf", "lam": 1e-3}, "L1 sparsity"),
     ({"init": "nope"}, "unknown initializer"),
     ({"target_psnr": float("inf")}, "target_psnr"),
+    ({"target_corr": 1.5}, "target_corr"), ({"target_corr": float("nan")}, "target_corr"),
     ({"mode": "x"}, "mode"),
 ])
 def test_bad_arguments(kwargs, message):
