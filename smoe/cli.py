@@ -222,6 +222,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _correlation(text: str) -> float:
+    value = _float(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a correlation between -1 and 1, got {text}")
+    return value
+
+
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
 
@@ -368,6 +375,10 @@ def _add_fit_options(p) -> None:
                    help="maximum number of gradient steps (default: %(default)s)")
     p.add_argument("--target-psnr", type=_float, default=None, metavar="DB",
                    help="stop as soon as the PSNR reaches DB decibels (default: no target)")
+    p.add_argument("--target-corr", type=_correlation, default=None, metavar="C",
+                   help="stop once the residual's correlation with itself shifted by one pixel falls to C; a "
+                        "little below 0 (e.g. -0.04) stops a fit to a noisy image once it starts copying the noise "
+                        "(default: off)")
     p.add_argument("--time-budget", type=_positive_float, default=None, metavar="S",
                    help="stop after S seconds of fitting (default: no limit)")
     p.add_argument("--tol", type=_non_negative_float, default=None, metavar="T",
@@ -410,7 +421,7 @@ def _fit_settings(args) -> dict:
         raise CliError("--lam > 0 needs --mode smoe (RBF kernels have no gates to sparsify); drop --lam or use "
                        "--mode smoe")
     settings = {"iters": args.iters, "lam": args.lam, "target_psnr": args.target_psnr,
-                "time_budget": args.time_budget, "tol": args.tol}
+                "target_corr": args.target_corr, "time_budget": args.time_budget, "tol": args.tol}
     FitSettings(**settings).validate()
     return settings
 

@@ -56,7 +56,7 @@ textured images fit deeper than flat ones.  The colour models stop by
 Morozov's discrepancy principle: their mean squared residual falls to
 :data:`STOP_FACTOR` times the variance of their (halved) noise.  At
 sigma^2 = 0.01 on 2 cores, 8 models of kodim23 (and the 4 colour models) take
-25 s; kodim13's foliage uses all :data:`DEFAULT_ITERS` steps, 59 s.
+25 s; kodim13's foliage uses all :data:`DEFAULT_ITERS` steps, 57 s.
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
@@ -135,9 +135,9 @@ DEFAULT_ITERS = 150
 #: A model of the first set stops once its residual's neighbour correlation
 #: (:func:`smoe.fit.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
 #: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
-#: (31.88), kodim05 28.87 (28.18), kodim13 26.64 (26.04), kodim23 33.07 (32.96); -0.045 stopped later
-#: for the same or less.  Tighter energy rules could not serve every image: 0.93 gave 31.93, 28.58,
-#: 26.40, 33.04 and 0.90 gave 31.83, 28.81, 26.64, 32.82.
+#: (31.88), kodim05 28.87 (28.18), kodim13 26.64 (26.04), kodim23 33.07 (32.96); -0.045 gave 31.92,
+#: 28.99, 26.64, 33.07 but took 82 s on kodim05 against 47 s.  Tighter energy rules could not serve
+#: every image: 0.93 gave 31.93, 28.58, 26.40, 33.04 and 0.90 gave 31.83, 28.81, 26.64, 32.82.
 STOP_CORR = -0.04
 #: The colour models stop once their mean squared residual to their (half-resolution) image is at most
 #: this fraction of its noise variance.  Pilot of this rule for the joint fit at sigma^2 = 0.01,

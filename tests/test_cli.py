@@ -133,6 +133,8 @@ def test_fit_default_outdir_and_stop_rule(image, tmp_path, monkeypatch):
     assert main(["fit", str(image), *FAST, "--target-psnr", "1"]) == 0
     report = json.loads((tmp_path / "smoe-out" / "tiny" / "metrics.json").read_text())
     assert report["stop_reason"] == "target_psnr"
+    assert main(["fit", str(image), *FAST, "--target-corr", "1", "--quiet", "-o", "corr"]) == 0
+    assert json.loads((tmp_path / "corr" / "metrics.json").read_text())["stop_reason"] == "target_corr"
 
 
 # ================================================================ bad input
@@ -171,7 +173,7 @@ def test_fit_rejects_bad_images(kind, tmp_path, capsys):
 @pytest.mark.parametrize("options", [
     ["-n", "0"], ["-n", "-5"], ["-n", "abc"], ["-n", str(H * W + 1)], ["--mode", "nope"], ["--init", "nope"],
     ["--scope", "tiles"], ["--iters", "0"], ["--time-budget", "0"], ["--lam", "-1"], ["--lam", "nan"],
-    ["--mode", "rbf", "--lam", "1e-4"], ["--bogus-option"],
+    ["--mode", "rbf", "--lam", "1e-4"], ["--bogus-option"], ["--target-corr", "1.5"], ["--target-corr", "nan"],
 ])
 def test_fit_rejects_bad_options(options, image, tmp_path, capsys):
     out = tmp_path / "out"
