@@ -503,9 +503,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     noise = estimate_noise(img) if sigma is None else float(sigma)
     if n_kernels is None:
         n_kernels = default_kernels(h, w, noise)
-    main_stop = ({"target_corr": stop_corr, "log_every": _CHECK_EVERY} if stop_corr is not None
-                 else _stop_rule(noise, stop_factor, iters))
-    settings = {**DEFAULT_SETTINGS, **main_stop, **settings, "iters": iters}
+    settings = {**DEFAULT_SETTINGS, **_stop_rule(noise, stop_factor, iters, stop_corr), **settings, "iters": iters}
     # Fail on a bad kernel count, initializer or setting here, not inside a worker.
     _validate_fit_arguments(img, n_kernels, init, mode, settings)
     sets = [{"image": img, "offsets": offsets, "first_seed": seed, "n_kernels": n_kernels, "settings": settings,
@@ -516,8 +514,8 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         # A 2 x 2 mean of white noise has half its standard deviation.
         sets.append({"image": half, "offsets": shift_offsets(n_chroma), "first_seed": seed + len(offsets),
                      "n_kernels": default_kernels(*half.shape[:2], noise, density=CHROMA_DENSITY), "scale": 2,
-                     "settings": {**settings, "target_corr": None,
-                                  **_stop_rule(noise / 2, stop_factor, chroma_iters), "iters": chroma_iters},
+                     "settings": {**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters),
+                                  "iters": chroma_iters},
                      "init_options": _init_options(half, init, threshold, area_power, init_options, step=2)})
     own = executor is None
     ex = make_executor(min(workers, len(offsets))) if own else executor
@@ -589,12 +587,16 @@ def _half_resolution(image: np.ndarray) -> np.ndarray:
     return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
-def _stop_rule(noise: float, stop_factor: float | None, iters: int) -> dict:
-    """Fit settings that end a model at the discrepancy principle's residual, if there is one."""
+def _stop_rule(noise: float, stop_factor: float | None, iters: int, stop_corr: float | None = None) -> dict:
+    """Fit settings that end a model at a residual neighbour correlation of ``stop_corr`` if given,
+    else at the discrepancy principle's residual, if there is one."""
+    if stop_corr is not None:
+        return {"target_corr": stop_corr, "log_every": _CHECK_EVERY}
     if stop_factor is None or noise <= 0:
         # Only the last iteration is logged, which saves a tile binning every few steps.
-        return {"log_every": iters}
-    return {"target_psnr": psnr_from_mse(stop_factor * noise * noise), "log_every": _CHECK_EVERY}
+        return {"target_corr": None, "log_every": iters}
+    return {"target_corr": None, "target_psnr": psnr_from_mse(stop_factor * noise * noise),
+            "log_every": _CHECK_EVERY}
 
 
 def _validate_fit_arguments(img: np.ndarray, n_kernels, init, mode: str, settings: dict) -> None:
