@@ -129,9 +129,11 @@ CHROMA_DENSITY = 1 / 32
 #: Most gradient steps per colour model.
 CHROMA_ITERS = 100
 #: Most gradient steps per model; smooth images stop earlier (:data:`STOP_CORR`).  The cap keeps
-#: the slowest Kodak images within twice BM3D's time: kodim13 at sigma^2 = 0.01 reaches 26.20 dB in
-#: 59 s with 150 steps, 26.44 dB in 72 s with 200 and 26.64 dB in 103 s with 300.
-DEFAULT_ITERS = 150
+#: the slowest Kodak images within twice BM3D's time (about 34 s here): kodim13 at sigma^2 = 0.01
+#: reaches 26.20 dB in 59 s with 150 steps, 26.44 dB in 72 s with 200 and 26.64 dB in 103 s with
+#: 300; kodim06, the slowest of the 24, 28.92 dB in 73 s with 150, 28.90 dB in 66 s with 140 and
+#: 28.88 dB in 63 s with 130.
+DEFAULT_ITERS = 140
 #: A model of the first set stops once its residual's neighbour correlation
 #: (:func:`smoe.fit.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
 #: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
