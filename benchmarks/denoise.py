@@ -67,7 +67,7 @@ VARIANCES = (0.0037, 0.005, 0.01, 0.05)
 QUICK = ("noisy", "bm3d", "seg20-8")
 ALL = ("noisy", "bm3d", "seg20-1", "seg20-8", "seg20-16", "seg10-8", "random-8", "rbf-8", "rbf-seg20-8")
 HEADLINE = "seg20-8"
-BASELINES = ("noisy", "bm3d", "bm3d-grey")
+BASELINES = {"noisy": "Noisy", "bm3d": "BM3D", "bm3d-grey": "BM3D (grey, per channel)"}  # name: row label
 # seg<D>-<H>, random-<H>, rbf-<H> (random init), rbf-seg<D>-<H>
 _SMOE = re.compile(r"(?:(?P<rbf>rbf-)|(?=seg|random))(?:seg(?P<threshold>\d+)-|random-)?(?P<models>\d+)")
 
@@ -76,7 +76,7 @@ def method_label(name: str) -> str:
     """Row label in the paper's naming."""
     m = _SMOE.fullmatch(name)
     if m is None:
-        return {"noisy": "Noisy", "bm3d": "BM3D", "bm3d-grey": "BM3D (grey, per channel)"}[name]
+        return BASELINES[name]
     base = "MM-RBF (GaussianImage)" if m["rbf"] else "MM-RSMoE"
     init = f"-seg-{m['threshold']}" if m["threshold"] else " (random init)"
     return f"{base}{init}, {m['models']} model{'s' if m['models'] != '1' else ''}"
@@ -105,7 +105,7 @@ def run_bm3d(noisy: np.ndarray, sigma: float, *, per_channel: bool = False) -> n
 def run_method(name: str, noisy: np.ndarray, sigma: float, args, executor) -> np.ndarray:
     if name == "noisy":
         return noisy
-    if name in ("bm3d", "bm3d-grey"):
+    if name.startswith("bm3d"):
         return run_bm3d(noisy, sigma, per_channel=name == "bm3d-grey")
     m = _SMOE.fullmatch(name)
     init = "segment" if m["threshold"] else "random"
