@@ -13,6 +13,9 @@ import smoe.segment
 from smoe.initializers import available, initialize
 from smoe.executor import InProcessExecutor, ProcessExecutor, make_executor
 from smoe.initializers import adaptive as A
+from smoe.initializers.adaptive.local_fit import _LocalFit
+from smoe.initializers.adaptive.mosaic import quantize
+from smoe.parameters import from_log_chol
 
 
 # ---------------------------------------------------------------------------
@@ -70,7 +73,7 @@ def test_mosaic_renders_each_block_as_its_own_global_smoe():
     assert out.shape == (3, 32, 32, 3)
     yy, xx = np.mgrid[:32, :32] + 0.5
     xy = np.stack([xx.ravel(), yy.ravel()], 1)
-    mu = A._quantize(k["mu"])
+    mu = quantize(k["mu"])
     for b in range(3):
         s = k["owner"] == b
         ref = smoe_eval(mu[s], k["chol"][s], k["pi"][s], k["experts"][s], xy).reshape(32, 32, 3)
@@ -145,16 +148,16 @@ def test_doubling_keeps_the_block_output():
     g = np.random.default_rng(1)
     blocks = g.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
     cfg = A.LocalFitSettings(max_iters=10, double_every=5, jitter=0.0, lr_mu=0.1)
-    fitter = A._LocalFit(blocks, None, np.arange(2), 0, cfg)
+    fitter = _LocalFit(blocks, None, np.arange(2), 0, cfg)
     for it in range(1, 5):
         fitter._iterate(it, False, cfg.lr_mu)
     k = fitter.k
-    before = A.render_blocks(k["mu"], A._chol(k["lc"]), k["pi"], k["ex"], k["owner"], 2)
+    before = A.render_blocks(k["mu"], from_log_chol(k["chol"]), k["pi"], k["experts"], k["owner"], 2)
     n = len(k["pi"])
     fitter._checkpoint(5)
     k = fitter.k
     assert len(k["pi"]) == 2 * n
-    after = A.render_blocks(k["mu"], A._chol(k["lc"]), k["pi"], k["ex"], k["owner"], 2)
+    after = A.render_blocks(k["mu"], from_log_chol(k["chol"]), k["pi"], k["experts"], k["owner"], 2)
     np.testing.assert_allclose(after, before, atol=1e-5)
 
 

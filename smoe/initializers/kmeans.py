@@ -30,12 +30,12 @@ cluster ends non-empty and no kernel is dropped.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 
 import numpy as np
 
 from ..model import Model
-from . import register, require_budget, round_kernels
+from ..validate import check_finite, is_whole
+from .registry import register, require_budget, round_kernels
 
 #: Clusters per block when neither ``k`` nor ``block_size`` is given (Verhack et al. use a few per block).
 DEFAULT_K = 4
@@ -82,7 +82,7 @@ def kmeans_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, 
     """
     n_kernels = require_budget("kmeans", n_kernels)
     h, w, _ = image.shape
-    _check_options(n_kernels, h, w, k, block_size, colour_weight, iters, bandwidth)
+    _check_options(k, block_size, colour_weight, iters, bandwidth)
     nby, nbx = _lattice(h, w, n_kernels, k, block_size)
     rows, cols = _splits(h, nby), _splits(w, nbx)
     feats, mask, xy, colours = _gather_blocks(image, rows, cols, colour_weight)
@@ -97,27 +97,18 @@ def kmeans_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, 
 # Options and block layout
 
 
-def _check_options(n_kernels, h, w, k, block_size, colour_weight, iters, bandwidth):
-    if isinstance(n_kernels, bool) or not isinstance(n_kernels, Integral) or not 1 <= n_kernels <= h * w:
-        raise ValueError(f"kmeans: n_kernels must be an integer between 1 and the pixel count {h * w}, "
-                         f"got {n_kernels!r}")
+def _check_options(k, block_size, colour_weight, iters, bandwidth):
+    # The budget (1 <= L <= H W) is checked by smoe.initializers.initialize.
     if k is not None and block_size is not None:
         raise ValueError("kmeans: give k (clusters per block) or block_size, not both")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, Integral) or k < 1):
+    if k is not None and not (is_whole(k) and k >= 1):
         raise ValueError(f"kmeans: k must be an integer >= 1 (clusters per block), got {k!r}")
-    if block_size is not None and not _positive(block_size):
-        raise ValueError(f"kmeans: block_size must be a finite number > 0 (pixels), got {block_size!r}")
-    if isinstance(colour_weight, bool) or not isinstance(colour_weight, Real) \
-            or not math.isfinite(colour_weight) or colour_weight < 0:
-        raise ValueError(f"kmeans: colour_weight must be a finite number >= 0, got {colour_weight!r}")
-    if isinstance(iters, bool) or not isinstance(iters, Integral) or iters < 0:
+    if block_size is not None:
+        check_finite("kmeans: block_size (pixels)", block_size, low=0, low_open=True)
+    check_finite("kmeans: colour_weight", colour_weight, low=0)
+    if not (is_whole(iters) and iters >= 0):
         raise ValueError(f"kmeans: iters must be an integer >= 0 (Lloyd steps), got {iters!r}")
-    if not _positive(bandwidth):
-        raise ValueError(f"kmeans: bandwidth must be a finite number > 0, got {bandwidth!r}")
-
-
-def _positive(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, Real) and math.isfinite(v) and v > 0
+    check_finite("kmeans: bandwidth", bandwidth, low=0, low_open=True)
 
 
 def _lattice(h: int, w: int, n_kernels: int, k: int | None, block_size: float | None) -> tuple[int, int]:

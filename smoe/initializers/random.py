@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register, require_budget, round_kernels
+from .registry import register, require_budget, round_kernels
 
 
 @register("random")

@@ -24,13 +24,11 @@ smaller than the segment count, the L largest segments get one kernel each
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
 import numpy as np
 
 from ..segment import mdbscan
-from . import register, require_budget, round_kernels
+from ..validate import check_finite, is_real
+from .registry import register, require_budget, round_kernels
 
 #: Kernel standard deviation in units of the grid spacing ``sqrt(H W / L)``.
 #: Half the spacing beat the full spacing on kodim23 both at the start (four
@@ -77,7 +75,7 @@ def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator,
     """
     n_kernels = require_budget("segment", n_kernels)
     h, w, _ = image.shape
-    _check_options(n_kernels, h, w, threshold, bandwidth, area_power)
+    _check_options(threshold, bandwidth, area_power)
     if labels is None:
         labels = mdbscan(image, threshold, sigma=sigma)
     segment = _segment_ids(labels, h, w)
@@ -91,20 +89,17 @@ def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator,
     return round_kernels(centres, bandwidth * np.sqrt(spacing), image)
 
 
-def _check_options(n_kernels, h, w, threshold, bandwidth, area_power):
-    if isinstance(n_kernels, bool) or not isinstance(n_kernels, Integral) or not 1 <= n_kernels <= h * w:
-        raise ValueError(f"segment: n_kernels must be an integer between 1 and the pixel count {h * w}, "
-                         f"got {n_kernels!r}")
-    # Checked here too so that a bad threshold fails even when labels are given.
+def _check_options(threshold, bandwidth, area_power):
+    # The budget (1 <= L <= H W) is checked by smoe.initializers.initialize; the
+    # threshold is checked here too so that it fails even when labels are given.
     for name, v in (("threshold", threshold), ("bandwidth", bandwidth)):
-        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"segment: {name} must be a finite number > 0, got {v!r}")
+        check_finite(f"segment: {name}", v, low=0, low_open=True)
     check_area_power(area_power)
 
 
 def check_area_power(area_power) -> None:
     """Raise ValueError unless ``area_power`` is a number in [0, 1]."""
-    if isinstance(area_power, bool) or not isinstance(area_power, Real) or not 0 <= area_power <= 1:
+    if not (is_real(area_power) and 0 <= area_power <= 1):
         raise ValueError(f"area_power must be a number between 0 (the same kernel count in every segment) and 1 "
                          f"(kernel counts proportional to segment area), got {area_power!r}")
 
