@@ -296,15 +296,46 @@ def test_local_cluster_equals_serial(images, tmp_path):
 
 
 @dask_test
-def test_unreachable_scheduler_is_a_quick_one_line_error(images, tmp_path, capsys):
+def test_unreachable_scheduler_is_a_quick_one_line_error(images, tmp_path, capsys, monkeypatch):
+    # Quick means: one connection attempt with the executor's bounded connect timeout, then the error.
+    import distributed
+
+    from smoe.executor import CONNECT_TIMEOUT
+
     folder, _ = images
-    start = time.monotonic()
+    attempts = []
+    real = distributed.Client
+    monkeypatch.setattr(distributed, "Client", lambda *a, **k: attempts.append((a, k)) or real(*a, **k))
     address = f"tcp://127.0.0.1:{_free_port()}"
     assert main(["fit-batch", str(folder / "img00.png"), *FAST, "--scheduler", address,
                  "-o", str(tmp_path / "out")]) == 2
-    assert time.monotonic() - start < 10
+    assert [(a, k["timeout"]) for a, k in attempts] == [((address,), CONNECT_TIMEOUT)]
+    assert 0 < CONNECT_TIMEOUT <= 30
     assert f"cannot reach the Dask scheduler at {address}" in _one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+# ``python -c`` body: ``smoe ARGS[1:]`` whose client, holding two committed images, stops before committing
+# a third: it writes their names to the file ARGS[0] and waits there to be killed.
+PAUSE_BEFORE_THIRD_COMMIT = """
+import json, os, sys, threading
+import smoe.batch
+from smoe.cli import main
+
+marker, committed, real = sys.argv[1], [], smoe.batch._commit
+
+def commit(outdir, name, *args, **kwargs):
+    if len(committed) == 2:
+        with open(marker + ".tmp", "w") as handle:
+            json.dump(committed, handle)
+        os.replace(marker + ".tmp", marker)
+        threading.Event().wait()
+    real(outdir, name, *args, **kwargs)
+    committed.append(name)
+
+smoe.batch._commit = commit
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 @dask_test
@@ -335,15 +366,21 @@ def test_external_cluster_survives_client_and_worker_kills(images, tmp_path):
         with Client(address, timeout=WAIT) as watcher:
             watcher.wait_for_workers(2, timeout=WAIT)
 
-            # 1. kill -9 of the client mid-batch
-            client = _smoe(["fit-batch", str(folder), *FAST, "--scheduler", address, "-o", str(out)])
+            # 1. kill -9 of the client mid-batch: at a known point, when it is about to commit its third
+            # image (it pauses there, and says which two it committed), not after however many a loaded
+            # machine happened to finish.
+            paused = tmp_path / "client-paused.json"
+            client = subprocess.Popen(
+                [sys.executable, "-c", PAUSE_BEFORE_THIRD_COMMIT, str(paused),
+                 "fit-batch", str(folder), *FAST, "--scheduler", address, "-o", str(out)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
             try:
-                _wait_for(lambda: len(_finished(out)) >= 2, "two finished images", proc=client)
+                _wait_for(paused.exists, "the client to pause before its third commit", proc=client)
             finally:
                 _kill_group(client)
             _assert_nothing_corrupt(out)
             first = _finished(out)
-            assert len(first) < 8, "the batch was not interrupted mid-way"
+            assert first == set(json.loads(paused.read_text())) and len(first) == 2
             before = _stamps(out, first)
 
             # 2. rerun; kill a worker while it is fitting an image

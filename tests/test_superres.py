@@ -102,10 +102,27 @@ def test_bad_arguments_fail_before_fitting(kwargs, match, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_limit_is_the_one_the_cli_uses():
+def test_cli_render_refuses_outputs_past_the_pixel_limit(tmp_path, capsys, monkeypatch):
     from smoe import cli
+    from smoe.modelfile import save_model
 
-    assert cli.MAX_OUTPUT_PIXELS is MAX_OUTPUT_PIXELS
+    model_file = tmp_path / "m.smoe.npz"
+    save_model(model_file, Model([[3.0, 2.0]], [[0.5, 0.0, 0.5]], [1.0], [[0.2, 0.4, 0.6]]),
+               mode="smoe", scope="raster", height=4, width=6)
+    # One row more than a 10 000-wide raster of exactly the limit: W x H = limit + W, just past it.
+    width = 10_000
+    height = MAX_OUTPUT_PIXELS // width + 1
+    assert MAX_OUTPUT_PIXELS < width * height <= MAX_OUTPUT_PIXELS + width
+    # Should the size check be missing, fail at once instead of allocating a 100-megapixel raster.
+    monkeypatch.setattr(cli, "render", lambda *a, **k: pytest.fail("rendered an output past the pixel limit"))
+    out = tmp_path / "o" / "big.png"
+    assert main(["render", str(model_file), "--size", f"{width}x{height}", "-o", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "megapixels" in err and "limit" in err
+    assert f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels" in err  # the limit itself is named
+    assert f"{width}x{height}" in err  # and the refused size
+    assert not out.exists() and not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.smoe.npz"]
 
 
 def test_bad_images_are_refused():
