@@ -1,0 +1,237 @@
+"""The fit specification: everything that decides what :func:`smoe.fit` computes.
+
+A :class:`FitSpec` holds the kernel budget, the regression mode and scope,
+the initializer (by name) and its options, the seed, the tile offset and the
+optimizer settings.  :meth:`FitSpec.validate` holds every rule about them,
+once; :func:`smoe.fit`, :func:`smoe.denoise`, :func:`smoe.upscale`,
+``fit-batch`` and the command line build a spec and validate it, and none of
+them re-checks a rule.  :meth:`FitSpec.to_dict` is what ``metrics.json`` and
+the model file record, so a fit can be repeated from either with
+:meth:`FitSpec.from_dict`.
+
+Tuned defaults of a task are named presets of this class beside the task
+(:data:`smoe.denoising.PRESET`, :data:`smoe.superres.PRESET`).  Light to
+import: no torch, no numba.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .sizes import TILE
+from .validate import check_choice, check_finite, check_kernel_count, is_real, is_whole
+
+__all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "kernel_budget"]
+
+#: Regression functions (SPEC §1): gated mixture, or a plain sum of Gaussians.
+MODES = ("smoe", "rbf")
+#: Which kernels act on a pixel: those listed for its 16 x 16 tile, or all of them.
+SCOPES = ("raster", "global")
+#: Initializer name recorded for a fit that started from a ready :class:`smoe.Model`.
+MODEL_INIT = "model"
+
+_LEARNING_RATES = ("lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts")
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """What a fit computes; the defaults are the measured ones documented in the README.
+
+    Parameters
+    ----------
+    n_kernels : int or None
+        Kernel budget handed to the initializer (``L_init``); None lets
+        initializers that choose their own count (``"adaptive"``) do so.
+    mode : {"smoe", "rbf"}
+    scope : {"raster", "global"}
+    init : str
+        Registered initializer name (:func:`smoe.initializers.available`), or
+        ``"model"`` for a fit that started from a ready model.
+    init_options : dict
+        Extra keyword arguments of the initializer.
+    seed : int
+        Seeds the initializer; the fit itself is deterministic on CPU.
+    tile_offset : (int, int)
+        ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
+    iters, lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts, lam, prune_every
+        Most gradient steps; Adam learning rates (``lr_mu`` decays
+        geometrically to ``lr_mu_final``); L1 weight on the gates; steps
+        between removals of dead kernels.
+    target_psnr, target_corr, tol, time_budget
+        Stop rules, None for off: a PSNR in dB; a neighbour correlation of the
+        residual (:func:`smoe.fit.neighbour_correlation`); a relative loss
+        decrease between log points; seconds of fitting.
+    log_every : int
+        Steps between history records (and checks of ``target_corr``, ``tol``).
+
+    Examples
+    --------
+    >>> spec = FitSpec(n_kernels=500, iters=200).validate((64, 64))
+    >>> spec.replace(mode="rbf").mode
+    'rbf'
+    >>> FitSpec.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    n_kernels: int | None = 2000
+    mode: str = "smoe"
+    scope: str = "raster"
+    init: str = "random"
+    init_options: dict = field(default_factory=dict)
+    seed: int = 0
+    tile_offset: tuple[int, int] = (0, 0)
+    iters: int = 1000
+    lr_mu: float = 0.01
+    lr_mu_final: float = 1e-3
+    lr_chol: float = 0.03
+    lr_pi: float = 0.001
+    lr_experts: float = 0.003
+    lam: float = 0.0
+    prune_every: int = 100
+    target_psnr: float | None = None
+    target_corr: float | None = None
+    tol: float | None = None
+    time_budget: float | None = None
+    log_every: int = 10
+
+    def validate(self, image_shape: tuple[int, ...] | None = None) -> FitSpec:
+        """Check every rule; returns the spec itself.
+
+        Parameters
+        ----------
+        image_shape : tuple, optional
+            ``(H, W)`` or ``(H, W, C)`` of the image about to be fitted.  With
+            it the spec is checked for that fit too: the kernel budget is at
+            most the pixel count and the initializer is registered (a stored
+            spec read back without a shape may name one registered later).
+
+        Raises
+        ------
+        ValueError
+            One line naming the setting, its value and what is accepted.
+        """
+        check_choice("mode", self.mode, MODES)
+        check_choice("scope", self.scope, SCOPES)
+        if not (isinstance(self.init, str) and self.init):
+            raise ValueError(f"init must be an initializer name, got {self.init!r}")
+        if not (isinstance(self.init_options, dict) and all(isinstance(k, str) for k in self.init_options)):
+            raise ValueError(f"init_options must be a dict with option names as keys, got {self.init_options!r}")
+        _check_count("seed", self.seed, 0)
+        offset = self.tile_offset
+        if not (isinstance(offset, (tuple, list)) and len(offset) == 2
+                and all(is_whole(o) and 0 <= o < TILE for o in offset)):
+            raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {TILE - 1}, got {offset!r}")
+        self._validate_optimizer()
+        if self.n_kernels is not None and not (is_whole(self.n_kernels) and self.n_kernels >= 1):
+            raise ValueError(f"n_kernels must be a positive whole number (or None for initializers that choose "
+                             f"their own count), got {self.n_kernels!r}")
+        if image_shape is not None:
+            self._validate_for(tuple(image_shape))
+        return self
+
+    def _validate_optimizer(self) -> None:
+        _check_count("iters", self.iters, 1)
+        for name in _LEARNING_RATES:
+            check_finite(name, getattr(self, name), low=0)
+        check_finite("lam", self.lam, low=0)
+        if self.mode != "smoe" and self.lam > 0:
+            raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode 'smoe' or lam 0")
+        _check_count("prune_every", self.prune_every, 1)
+        _check_count("log_every", self.log_every, 1)
+        if self.target_psnr is not None:
+            check_finite("target_psnr", self.target_psnr)
+        if self.target_corr is not None:
+            check_finite("target_corr (a correlation)", self.target_corr, low=-1, high=1)
+        if self.tol is not None:
+            check_finite("tol", self.tol, low=0)
+        if self.time_budget is not None:
+            check_finite("time_budget (seconds)", self.time_budget, low=0, low_open=True)
+
+    def _validate_for(self, shape: tuple[int, ...]) -> None:
+        if self.init == MODEL_INIT:
+            return  # the ready model sets the kernels; there is no initializer to run
+        from .initializers import available  # late: the registry loads torch
+
+        if self.init not in available():
+            raise ValueError(f"unknown initializer {self.init!r}; choose one of {', '.join(available())}")
+        if self.n_kernels is not None:
+            check_kernel_count(self.n_kernels, int(shape[0]) * int(shape[1]))
+
+    def replace(self, **changes) -> FitSpec:
+        """A copy with some fields changed (unknown names raise ``ValueError``), not validated."""
+        _check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Every field as JSON-safe values (lists for tuples, plain numbers for NumPy scalars)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if f.name == "tile_offset" else _plain(f.name, value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FitSpec:
+        """The spec a :meth:`to_dict` record describes; missing fields take their defaults.
+
+        Raises
+        ------
+        ValueError
+            A key that is not a field, or a value the rules refuse.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a fit spec must be a JSON object, got {type(data).__name__}")
+        _check_keys(data)
+        values = dict(data)
+        if isinstance(values.get("tile_offset"), list):
+            values["tile_offset"] = tuple(values["tile_offset"])
+        if values.get("init_options") is None:
+            values["init_options"] = {}
+        return cls(**values).validate()
+
+
+def kernel_budget(height: int, width: int, density: float) -> int:
+    """``density`` kernels per pixel of a ``height x width`` image, rounded, from 1 to the pixel count.
+
+    Examples
+    --------
+    >>> kernel_budget(256, 384, 1 / 24)
+    4096
+    """
+    return max(1, min(height * width, round(density * height * width)))
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(FitSpec))
+
+
+def _check_keys(data) -> None:
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown fit setting(s) {', '.join(map(repr, unknown))}; a fit spec has "
+                         f"{', '.join(_FIELDS)}")
+
+
+def _check_count(name: str, value, low: int) -> None:
+    if not (is_whole(value) and value >= low):
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
+def _plain(name: str, value):
+    """``value`` as JSON-safe Python values; a value JSON cannot hold raises ValueError."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if is_whole(value):
+        return int(value)
+    if is_real(value):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is {value}, which JSON cannot hold")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(name, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(f"{name}.{k}", v) for k, v in value.items()}
+    raise ValueError(f"{name} holds a {type(value).__name__}, which a stored fit spec cannot hold; "
+                     "give JSON values (numbers, strings, lists)")
