@@ -22,7 +22,7 @@ import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "write_output_folder", "remove_leftovers",
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "write_output_folder", "remove_temporaries",
            "TEMP_FILE", "TEMP_DIR"]
 
 #: Names of the temporary files :func:`atomic_write` creates.
@@ -133,7 +133,8 @@ def fsync_directory(directory: Path) -> None:
 
 
 # ================================================================= folders
-def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, ...] = ("metrics.json",)) -> None:
+def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, ...] = ("metrics.json",),
+                        clean: bool = True) -> None:
     """Write a set of files into ``outdir`` so that they appear together or not at all.
 
     A new folder is written as a hidden sibling ``.<name>.tmp-<8 hex>``, every
@@ -141,7 +142,8 @@ def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, 
     in place: the ``markers`` present are removed first, then every file is
     replaced atomically, the markers last and in the given order, so a folder
     holding the last marker holds a complete set.  Other files in it are kept.
-    Leftovers of killed runs (:func:`remove_leftovers`) are removed first.
+    With ``clean``, leftovers of killed writes of this folder are removed
+    first: temporary files in it and temporary folders of its name beside it.
 
     Parameters
     ----------
@@ -151,6 +153,9 @@ def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, 
         File name (no directories) -> content.
     markers : tuple of str
         Names in ``files`` that mark a complete folder, written last.
+    clean : bool
+        False leaves leftovers to the caller (``fit-batch`` removes those of
+        all its folders in one pass, see :func:`remove_temporaries`).
 
     Raises
     ------
@@ -169,7 +174,8 @@ def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, 
     """
     outdir = Path(outdir)
     order = [name for name in files if name not in markers] + [name for name in markers if name in files]
-    remove_leftovers(outdir)
+    if clean:
+        _remove_own_leftovers(outdir)
     if outdir.is_dir():
         for marker in markers:
             with contextlib.suppress(FileNotFoundError):
@@ -195,20 +201,42 @@ def write_output_folder(outdir, files: dict[str, bytes], *, markers: tuple[str, 
     fsync_directory(outdir.parent)
 
 
-def remove_leftovers(outdir) -> None:
-    """Delete what killed writes of ``outdir`` left: hidden ``.*.tmp`` files in it and ``.<name>.tmp-*`` beside it.
+def remove_temporaries(directory) -> None:
+    """Delete the temporary files and folders killed writes left directly inside ``directory``.
 
-    Only names this module creates are touched.  Two runs writing the same
-    folder at the same time are not supported (``fit-batch`` locks its folder).
+    Only names this module creates (:data:`TEMP_FILE`, :data:`TEMP_DIR`) are
+    touched; a missing directory is fine.  Two runs writing the same folder at
+    the same time are not supported (``fit-batch`` locks its folder).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / ".metrics.json.0123abcd.tmp").write_bytes(b"half")
+    4
+    >>> remove_temporaries(folder)
+    >>> list(folder.iterdir())
+    []
     """
-    outdir = Path(outdir)
-    prefix = f".{outdir.name}.tmp-"
-    with contextlib.suppress(OSError):
-        for entry in outdir.parent.iterdir():
-            if entry.name.startswith(prefix) and TEMP_DIR.match(entry.name) and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            _remove_temporary(entry, TEMP_FILE.match(entry.name) is not None, TEMP_DIR.match(entry.name) is not None)
+
+
+def _remove_own_leftovers(outdir: Path) -> None:
+    """Temporary files inside ``outdir`` and temporary folders of ``outdir``'s own name beside it."""
     if outdir.is_dir():
-        for entry in outdir.iterdir():
-            if TEMP_FILE.match(entry.name) and entry.is_file():
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        remove_temporaries(outdir)
+    prefix = f".{outdir.name}.tmp-"
+    with contextlib.suppress(OSError), os.scandir(outdir.parent) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                _remove_temporary(entry, False, TEMP_DIR.match(entry.name) is not None)
+
+
+def _remove_temporary(entry: os.DirEntry, as_file: bool, as_dir: bool) -> None:
+    with contextlib.suppress(OSError):
+        if as_dir and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif as_file and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from smoe.atomic import atomic_write, atomic_write_bytes, remove_leftovers, write_output_folder
+from smoe.atomic import atomic_write, atomic_write_bytes, remove_temporaries, write_output_folder
 
 
 def test_atomic_write_replaces(tmp_path):
@@ -112,8 +112,12 @@ def test_leftovers_of_killed_runs_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-0badf00d", "out"]
 
 
-def test_remove_leftovers_of_a_missing_folder_does_nothing(tmp_path):
-    remove_leftovers(tmp_path / "nothing-here")
+def test_remove_temporaries_touches_only_our_names(tmp_path):
+    remove_temporaries(tmp_path / "nothing-here")  # a missing folder is fine
+    for name in (".a.png.0123abcd.tmp", ".a.png.tmp", "b.0123abcd.tmp", ".x.tmp-0123abcd", ".x.tmp-zz"):
+        (tmp_path / name).mkdir() if "tmp-" in name else (tmp_path / name).write_bytes(b"")
+    remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.tmp", ".x.tmp-zz", "b.0123abcd.tmp"]
 
 
 def test_a_file_in_the_way_is_refused(tmp_path):
