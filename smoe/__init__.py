@@ -22,8 +22,7 @@ from .modelfile import load_model, save_model  # noqa: E402
 from .render import kernels_per_tile, output_size, rasterize, render  # noqa: E402
 from .segment import mdbscan  # noqa: E402
 from .superres import upscale  # noqa: E402
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "Model", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",

@@ -56,6 +56,7 @@ from .fit import FitSettings, fit
 from .imageio import ImageError, atomic_write_bytes, decode_image, fsync_directory
 from .outputs import FIT_OUTPUTS, write_fit_outputs
 from .render import MODES, SCOPES
+from .version import __version__
 
 __all__ = ["fit_batch", "fit_image", "expand_inputs", "output_names", "BatchError", "BatchResult", "BatchLock",
            "IMAGE_SUFFIXES", "BATCH_FILES", "LOCK_NAME", "ENTRY_NAME", "SUMMARY_FIELDS", "batch_options"]
@@ -457,8 +458,6 @@ def _summary_md(rows: list[dict], options: dict) -> bytes:
 
 
 def _write_summary(outdir: Path, rows: list[dict], options: dict, settings_sha: str, hashes: dict[str, str]) -> None:
-    from . import __version__
-
     atomic_write_bytes(outdir / SUMMARY_CSV, _summary_csv(rows))
     atomic_write_bytes(outdir / SUMMARY_MD, _summary_md(rows, options))
     manifest = {

@@ -36,7 +36,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
 from .fit import FitSettings, fit
 from .imageio import ImageError, default_image_path, read_image, write_image
 from .initializers import available as available_initializers
@@ -45,6 +44,7 @@ from .modelfile import ModelFileError, load_model
 from .outputs import FIT_OUTPUTS, quality, write_fit_outputs
 from .render import MODES, SCOPES, kernels_per_tile, output_size, render
 from .superres import MAX_OUTPUT_PIXELS
+from .version import __version__
 
 __all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
 
