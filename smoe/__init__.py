@@ -15,11 +15,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import initializers, metrics  # noqa: E402
 from .denoising import denoise  # noqa: E402
-from .fit import FitResult, fit  # noqa: E402
+from .fitting import FitResult, fit  # noqa: E402
 from .imageio import read_image, write_image  # noqa: E402
 from .model import Model  # noqa: E402
 from .modelfile import load_model, save_model  # noqa: E402
-from .render import kernels_per_tile, output_size, rasterize, render  # noqa: E402
+from .rasterizer import kernels_per_tile, output_size, rasterize, render  # noqa: E402
 from .segment import mdbscan  # noqa: E402
 from .superres import upscale  # noqa: E402
 from .version import __version__  # noqa: E402

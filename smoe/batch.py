@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Iterable
 
 from .executor import Executor, available_cores, make_executor
-from .fit import FitSettings, fit
+from .fitting import FitSettings, fit
 from .imageio import ImageError, atomic_write_bytes, decode_image, fsync_directory
 from .outputs import FIT_OUTPUTS, write_fit_outputs
-from .render import MODES, SCOPES
+from .rasterizer import MODES, SCOPES
 from .version import __version__
 
 __all__ = ["fit_batch", "fit_image", "expand_inputs", "output_names", "BatchError", "BatchResult", "BatchLock",
@@ -160,7 +160,7 @@ def batch_options(options: dict | None = None) -> dict:
 
     ``options`` holds :func:`smoe.fit` arguments (``n_kernels``, ``mode``,
     ``scope``, ``init``, ``seed``, ``init_options``) and
-    :class:`smoe.fit.FitSettings` fields.
+    :class:`smoe.fitting.FitSettings` fields.
     Filling in the defaults makes the settings hash the same however they were
     given.
     """
@@ -171,7 +171,7 @@ def batch_options(options: dict | None = None) -> dict:
     head["init_options"] = dict(head["init_options"] or {})
     unknown = set(options) - {f.name for f in dataclasses.fields(FitSettings)}
     if unknown:
-        raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fit.FitSettings")
+        raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fitting.FitSettings")
     settings = dataclasses.asdict(FitSettings(**options).validate())
     if head["mode"] not in MODES or head["scope"] not in SCOPES:
         raise ValueError(f"mode must be one of {MODES} and scope one of {SCOPES}, got {head['mode']!r}, "

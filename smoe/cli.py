@@ -36,13 +36,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .fit import FitSettings, fit
+from .fitting import FitSettings, fit
 from .imageio import ImageError, default_image_path, read_image, write_image
 from .initializers import available as available_initializers
 from .model import Model
 from .modelfile import ModelFileError, load_model
 from .outputs import FIT_OUTPUTS, quality, write_fit_outputs
-from .render import MODES, SCOPES, kernels_per_tile, output_size, render
+from .rasterizer import MODES, SCOPES, kernels_per_tile, output_size, render
 from .superres import MAX_OUTPUT_PIXELS
 from .version import __version__
 
@@ -233,7 +233,7 @@ _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``"WIDTHxHEIGHT"`` -> ``(height, width)``, the order :func:`smoe.render.output_size` takes."""
+    """``"WIDTHxHEIGHT"`` -> ``(height, width)``, the order :func:`smoe.rasterizer.output_size` takes."""
     match = _SIZE.fullmatch(text)
     if match is None or min(int(match[1]), int(match[2])) < 1:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with two positive whole numbers, e.g. 1920x1080; "

@@ -83,13 +83,14 @@ import numpy as np
 import torch
 
 from .executor import Executor, make_executor
-from .fit import FitSettings, as_image, fit, psnr_from_mse
+from .fitting import FitSettings, as_image, fit, psnr_from_mse
 from .initializers import available as available_initializers
 from .initializers.segment import check_area_power
 from .model import Model
-from .render import MODES, _check_choice, render
+from .rasterizer import MODES, render
 from .segment import mdbscan
 from .tiles import TILE
+from .validate import check_choice
 
 __all__ = ["denoise", "shift_offsets", "add_noise", "default_kernels", "fit_shift", "ShiftModel",
            "estimate_noise", "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS",
@@ -135,7 +136,7 @@ CHROMA_ITERS = 100
 #: 28.88 dB in 63 s with 130.
 DEFAULT_ITERS = 140
 #: A model of the first set stops once its residual's neighbour correlation
-#: (:func:`smoe.fit.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
+#: (:func:`smoe.fitting.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
 #: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
 #: (31.88), kodim05 28.87 (28.18), kodim13 26.64 (26.04), kodim23 33.07 (32.96); -0.045 gave 31.92,
 #: 28.99, 26.64, 33.07 but took 82 s on kodim05 against 47 s.  Tighter energy rules could not serve
@@ -358,7 +359,7 @@ def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernel
     n_kernels, mode, init, init_options
         As for :func:`smoe.fit`, raster scope.
     settings : dict
-        :class:`smoe.fit.FitSettings` fields.
+        :class:`smoe.fitting.FitSettings` fields.
     scale : int
         Render at ``scale`` times the image's size (the same area).
 
@@ -474,7 +475,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         for ``workers``; it is not closed.  Keep its ``threads_per_worker`` at 1
         for results identical to ``workers=1``.
     **settings
-        Other :class:`smoe.fit.FitSettings` fields (``lam``, learning rates...).
+        Other :class:`smoe.fitting.FitSettings` fields (``lam``, learning rates...).
 
     Returns
     -------
@@ -485,7 +486,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         Only with ``return_models=True``: the H models, then the colour models.
     """
     img = _noisy_input(noisy)
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     offsets = shift_offsets(models, shift_step)
     if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
