@@ -72,7 +72,8 @@ from smoe.initializers import initialize
 from smoe.initializers.adaptive import adaptive_init_with_report
 from smoe.metrics import lpips, psnr, ssim
 from smoe.rasterizer import render
-from smoe.segment import draw_segmentation, mdbscan
+from smoe.labels import draw_segmentation
+from smoe.segment import mdbscan
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
 

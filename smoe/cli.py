@@ -837,7 +837,8 @@ def _add_segment(sub, common) -> None:
 
 
 def _run_segment(args) -> int:
-    from .segment import draw_segmentation, mdbscan, segment_stats
+    from .labels import draw_segmentation, segment_stats
+    from .segment import mdbscan
 
     image = read_image(args.image)
     labels = mdbscan(image, args.threshold)
