@@ -716,7 +716,8 @@ def _add_denoise(sub, common) -> None:
 
 
 def _run_denoise(args) -> int:
-    from .denoising import MAX_MODELS, default_kernels, denoise, estimate_noise, shift_offsets
+    from .denoising import MAX_MODELS, default_kernels, denoise, shift_offsets
+    from .noise import estimate_noise
     from .executor import ExecutorError, available_cores
     from .initializers.segment import check_area_power
 
