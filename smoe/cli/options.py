@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from typing import Callable
 
 #: Exit statuses.
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
@@ -19,6 +20,17 @@ class CliError(Exception):
     """An expected failure; its message is the line shown after ``smoe: error:``."""
 
 
+def _checked(parse: Callable, ok: Callable, problem: str) -> Callable:
+    """An argument type: ``parse`` the text, then refuse a value failing ``ok`` with
+    ``problem``, formatted with the parsed ``value`` and the raw ``text``."""
+    def convert(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(problem.format(value=value, text=text))
+        return value
+    return convert
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -26,18 +38,8 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = _checked(_int, lambda v: v > 0, "must be a positive whole number, got {value}")
+_non_negative_int = _checked(_int, lambda v: v >= 0, "must be 0 or more, got {value}")
 
 
 def _kernel_count(text: str) -> int | None:
@@ -66,26 +68,9 @@ def _float(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _correlation(text: str) -> float:
-    value = _float(text)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a correlation between -1 and 1, got {text}")
-    return value
-
+_positive_float = _checked(_float, lambda v: v > 0, "must be greater than 0, got {text}")
+_non_negative_float = _checked(_float, lambda v: v >= 0, "must be 0 or more, got {text}")
+_correlation = _checked(_float, lambda v: -1 <= v <= 1, "must be a correlation between -1 and 1, got {text}")
 
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
