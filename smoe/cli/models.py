@@ -82,7 +82,7 @@ def _add_eval(p) -> None:
     p.add_argument("reference", metavar="REFERENCE", help="the original image")
     p.add_argument("image", metavar="IMAGE", help="the image to judge, same size and colour type")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS, the slowest metric")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_json_flag(p)
     p.set_defaults(run=_run_eval)
 
 
@@ -103,13 +103,17 @@ def _shape_text(image: np.ndarray) -> str:
     return f"{image.shape[1]}x{image.shape[0]} {'RGB' if image.ndim == 3 else 'grey'}"
 
 
+def _add_json_flag(p) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
 # ================================================================= info
 def _add_info(p) -> None:
     p.description = ("Print what a model file holds: kernel count, channels, mode, scope, the size "
                      "of the image it was fitted on, format and writer version, kernels per tile, kernel "
                      "bandwidths and the fit settings.")
     p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_json_flag(p)
     p.set_defaults(run=_run_info)
 
 
