@@ -22,22 +22,23 @@ from .version import __version__  # noqa: E402
 # public name -> submodule that defines it (None: the name is the submodule itself)
 _EXPORTS = {
     "Model": "model",
-    "render": "rasterizer", "rasterize": "rasterizer",
-    "output_size": "rasterizer", "kernels_per_tile": "rasterizer",
+    "render": "fitted", "FittedModel": "fitted", "rasterize": "rasterizer", "kernels_per_tile": "rasterizer",
+    "output_size": "sizes", "FitSpec": "spec",
     "fit": "fitting", "FitResult": "fitting",
     "read_image": "imageio", "write_image": "imageio",
-    "save_model": "modelfile", "load_model": "modelfile",
+    "save_model": "modelfile", "load_model": "modelfile", "read_model_file": "modelfile",
     "denoise": "denoising",
     "upscale": "superres",
     "mdbscan": "segment",
     "initializers": None,
     "metrics": None,
+    "rasterizer": None,
 }
 
 __all__ = [
-    "Model", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",
-    "read_image", "write_image", "save_model", "load_model", "denoise", "upscale", "mdbscan", "initializers",
-    "metrics", "__version__",
+    "Model", "FittedModel", "FitSpec", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",
+    "read_image", "write_image", "save_model", "load_model", "read_model_file", "denoise", "upscale", "mdbscan",
+    "initializers", "metrics", "rasterizer", "__version__",
 ]
 
 

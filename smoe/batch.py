@@ -32,18 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import datetime
 import glob
 import hashlib
-import inspect
 import io
 import json
 import os
-import re
-import secrets
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,14 +46,16 @@ from typing import Iterable
 
 from .batchlock import LOCK_NAME, BatchError, BatchLock
 from .executor import Executor, available_cores, make_executor
-from .fitting import FitSettings, fit
-from .imageio import ImageError, atomic_write_bytes, decode_image, fsync_directory
-from .outputs import FIT_OUTPUTS, write_fit_outputs
-from .rasterizer import MODES, SCOPES
+from .atomic import atomic_write_bytes, remove_temporaries, write_output_folder
+from .fitting import fit
+from .imageio import ImageError, decode_image
+from .memory import is_out_of_memory
+from .outputs import FIT_OUTPUTS, fit_outputs
+from .spec import FitSpec
 from .version import __version__
 
 __all__ = ["fit_batch", "fit_image", "expand_inputs", "output_names", "BatchError", "BatchResult", "BatchLock",
-           "IMAGE_SUFFIXES", "BATCH_FILES", "LOCK_NAME", "ENTRY_NAME", "SUMMARY_FIELDS", "batch_options"]
+           "IMAGE_SUFFIXES", "BATCH_FILES", "LOCK_NAME", "ENTRY_NAME", "SUMMARY_FIELDS", "batch_spec"]
 
 #: File suffixes taken from a folder or a glob (a file named explicitly is always tried).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm", ".gif")
@@ -73,9 +69,6 @@ SUMMARY_FIELDS = ("image", "status", "kernels", "kernels_initial", "psnr", "ssim
 _FORMAT_VERSION = 1
 #: Seconds between rewrites of the summary while a batch runs (it is always written at the end).
 _SUMMARY_EVERY = 5.0
-# Names of our temporary files and folders: atomic_write's ".<file>.<8 hex>.tmp" and ours.
-_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
-_TEMP_DIR = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 _RESERVED = {LOCK_NAME, MANIFEST_NAME, SUMMARY_CSV, SUMMARY_MD}
 
 
@@ -146,46 +139,35 @@ def _safe_stem(path: Path) -> str:
 
 
 # ================================================================= settings
-#: Arguments of :func:`smoe.fit` that are not FitSettings fields.
-FIT_ARGUMENTS = ("n_kernels", "mode", "scope", "init", "seed", "init_options")
+def batch_spec(options: dict | FitSpec | None = None) -> FitSpec:
+    """The validated fit spec of a batch: a :class:`smoe.spec.FitSpec`, or a dict of its fields.
 
+    Every field is recorded with its value, so the settings hash is the same
+    however the options were given (``init_options`` None and {} alike).
 
-def batch_options(options: dict | None = None) -> dict:
-    """Every fit option of a batch with its default filled in, validated.
-
-    ``options`` holds :func:`smoe.fit` arguments (``n_kernels``, ``mode``,
-    ``scope``, ``init``, ``seed``, ``init_options``) and
-    :class:`smoe.fitting.FitSettings` fields.
-    Filling in the defaults makes the settings hash the same however they were
-    given.
+    Examples
+    --------
+    >>> batch_spec({"n_kernels": 300, "iters": 50}).iters
+    50
     """
+    if isinstance(options, FitSpec):
+        return options.validate()
     options = dict(options or {})
-    params = inspect.signature(fit).parameters
-    head = {key: options.pop(key, params[key].default) for key in FIT_ARGUMENTS}
-    # None and {} mean the same; one spelling keeps the settings hash stable between API and CLI.
-    head["init_options"] = dict(head["init_options"] or {})
-    unknown = set(options) - {f.name for f in dataclasses.fields(FitSettings)}
-    if unknown:
-        raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fitting.FitSettings")
-    settings = dataclasses.asdict(FitSettings(**options).validate())
-    if head["mode"] not in MODES or head["scope"] not in SCOPES:
-        raise ValueError(f"mode must be one of {MODES} and scope one of {SCOPES}, got {head['mode']!r}, "
-                         f"{head['scope']!r}")
-    if head["mode"] == "rbf" and settings["lam"] > 0:
-        raise ValueError("lam > 0 needs mode 'smoe' (RBF kernels have no gates to sparsify)")
-    return {**head, **settings}
+    if options.get("init_options", {}) is None:
+        options["init_options"] = {}
+    return FitSpec().replace(**options).validate()
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _settings_digest(options: dict) -> str:
-    return _digest(json.dumps(options, sort_keys=True).encode())
+def _settings_digest(spec: FitSpec) -> str:
+    return _digest(json.dumps(spec.to_dict(), sort_keys=True).encode())
 
 
 # =============================================================== work unit
-def fit_image(item: dict, *, options: dict) -> dict:
+def fit_image(item: dict, *, spec: FitSpec) -> dict:
     """Fit one image and produce every ``smoe fit`` output (runs on a worker).
 
     Parameters
@@ -194,8 +176,8 @@ def fit_image(item: dict, *, options: dict) -> dict:
         ``path`` (str, the client's path, for messages and metrics.json),
         ``data`` (the file's bytes) or ``error`` (why the client could not
         read it).
-    options : dict
-        :func:`batch_options`.
+    spec : FitSpec
+        :func:`batch_spec`.
 
     Returns
     -------
@@ -215,16 +197,12 @@ def fit_image(item: dict, *, options: dict) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         image = _decode_bytes(item["data"], path)
-        opts = dict(options)
-        head = {key: opts.pop(key) for key in FIT_ARGUMENTS}
-        h, w = image.shape[:2]
-        if head["n_kernels"] is not None and head["n_kernels"] > h * w:
-            raise ValueError(f"{head['n_kernels']} kernels are more than the {h * w} pixels of {path} ({w}x{h}); "
-                             "fit it with fewer kernels (-n)")
-        result = fit(image, head.pop("n_kernels"), quiet=True, **head, **opts)
-        with tempfile.TemporaryDirectory(prefix="smoe-batch-") as tmp:
-            report = write_fit_outputs(Path(tmp), path, image, result)
-            files = {name: (Path(tmp) / name).read_bytes() for name in FIT_OUTPUTS}
+        try:
+            spec.validate(image.shape)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        result = fit(image, spec=spec, quiet=True)
+        files, report = fit_outputs(result.fitted, image, result.history, image_path=path, run=result.run_facts())
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return {"files": files, "report": report, "seconds": time.perf_counter() - start, "warnings": messages}
 
@@ -239,20 +217,10 @@ def _decode_bytes(data: bytes, path: Path):
 
 # ================================================================= outputs
 def _remove_leftovers(outdir: Path, names: list[str]) -> None:
-    """Delete the temporary files and folders a killed run left behind (only names we create)."""
-    for entry in outdir.iterdir():
-        with contextlib.suppress(OSError):
-            if _TEMP_DIR.match(entry.name) and entry.is_dir():
-                shutil.rmtree(entry)
-            elif _TEMP_FILE.match(entry.name) and entry.is_file():
-                entry.unlink()
+    """Delete the temporary files and folders a killed run left in OUTDIR and in each image's folder."""
+    remove_temporaries(outdir)
     for name in names:
-        folder = outdir / name
-        if folder.is_dir():
-            for entry in folder.iterdir():
-                if _TEMP_FILE.match(entry.name) and entry.is_file():
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+        remove_temporaries(outdir / name)
 
 
 def _finished_report(folder: Path, input_sha: str | None, settings_sha: str) -> tuple[dict, dict] | None:
@@ -268,49 +236,15 @@ def _finished_report(folder: Path, input_sha: str | None, settings_sha: str) -> 
         return None
 
 
-def _write_order(files: dict[str, bytes]) -> list[str]:
-    # metrics.json marks a complete smoe fit output, so it goes after the other files.
-    return sorted(files, key=lambda name: name == "metrics.json")
-
-
 def _commit(outdir: Path, name: str, files: dict[str, bytes], record: dict) -> None:
-    """Write one image's outputs so that a kill at any moment leaves no half-written output."""
-    final = outdir / name
+    """Write one image's outputs so that a kill at any moment leaves no half-written output.
+
+    ``metrics.json`` and then the batch record go last: a folder holding the
+    record holds a complete fit.
+    """
     record_bytes = (json.dumps(record, indent=2) + "\n").encode()
-    if final.is_dir():
-        _update_in_place(final, files, record_bytes)
-    elif final.exists() or final.is_symlink():
-        raise OSError(f"{final} exists and is not a folder; move it away and rerun")
-    else:
-        _write_new(final, files, record_bytes)
-
-
-def _write_new(final: Path, files: dict[str, bytes], record: bytes) -> None:
-    tmp = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
-    os.mkdir(tmp)  # not mkdtemp: its 0o700 would stay on the final folder
-    try:
-        for name in [*_write_order(files), ENTRY_NAME]:
-            data = record if name == ENTRY_NAME else files[name]
-            with open(tmp / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        fsync_directory(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_directory(final.parent)
-
-
-def _update_in_place(final: Path, files: dict[str, bytes], record: bytes) -> None:
-    # The markers go first: from here until the record is back, the folder reads as incomplete.
-    for marker in (ENTRY_NAME, "metrics.json"):
-        with contextlib.suppress(FileNotFoundError):
-            (final / marker).unlink()
-    for name in _write_order(files):
-        atomic_write_bytes(final / name, files[name])
-    atomic_write_bytes(final / ENTRY_NAME, record)
+    write_output_folder(outdir / name, {**files, ENTRY_NAME: record_bytes}, markers=("metrics.json", ENTRY_NAME),
+                        clean=False)  # fit_batch removed the leftovers of every folder at the start
 
 
 # ================================================================= summary
@@ -335,7 +269,7 @@ def _fmt(value, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _summary_md(rows: list[dict], options: dict) -> bytes:
+def _summary_md(rows: list[dict], spec: FitSpec) -> bytes:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("fitted", "skipped", "error", "pending")}
     psnrs = [r["psnr"] for r in rows if r["psnr"] is not None]
     lines = ["# smoe fit-batch summary", "",
@@ -343,7 +277,7 @@ def _summary_md(rows: list[dict], options: dict) -> bytes:
              f"earlier run (skipped), {counts['error']} failed, {counts['pending']} not done yet."]
     if psnrs:
         lines.append(f"Mean PSNR {sum(psnrs) / len(psnrs):.2f} dB over {len(psnrs)} images.")
-    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in options.items()), "",
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in spec.to_dict().items()), "",
               "| image | status | kernels | PSNR (dB) | SSIM | MS-SSIM | LPIPS | seconds | error |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -354,13 +288,13 @@ def _summary_md(rows: list[dict], options: dict) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _write_summary(outdir: Path, rows: list[dict], options: dict, settings_sha: str, hashes: dict[str, str]) -> None:
+def _write_summary(outdir: Path, rows: list[dict], spec: FitSpec, settings_sha: str, hashes: dict[str, str]) -> None:
     atomic_write_bytes(outdir / SUMMARY_CSV, _summary_csv(rows))
-    atomic_write_bytes(outdir / SUMMARY_MD, _summary_md(rows, options))
+    atomic_write_bytes(outdir / SUMMARY_MD, _summary_md(rows, spec))
     manifest = {
         "format": "smoe-batch-manifest", "version": _FORMAT_VERSION, "smoe": __version__,
         "updated": datetime.datetime.now().isoformat(timespec="seconds"),
-        "settings": options, "settings_sha256": settings_sha,
+        "settings": spec.to_dict(), "settings_sha256": settings_sha,
         "images": [{"name": r["image"], "input": r["input"], "input_sha256": hashes.get(r["image"]),
                     "status": r["status"], "error": r["error"]} for r in rows],
     }
@@ -383,7 +317,7 @@ class BatchResult:
     rows: list[dict]
     seconds: float
     executor: str = ""
-    options: dict = field(default_factory=dict)
+    spec: FitSpec = field(default_factory=FitSpec)
 
     def count(self, status: str) -> int:
         return sum(row["status"] == status for row in self.rows)
@@ -400,7 +334,8 @@ class _Job:
     sha256: str | None = None
 
 
-def fit_batch(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *, options: dict | None = None,
+def fit_batch(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *,
+              options: dict | FitSpec | None = None,
               executor: Executor | None = None, workers: int | str = "auto", scheduler: str | None = None,
               threads_per_worker: int = 1, backend: str = "auto", quiet: bool = True) -> BatchResult:
     """Fit every input image and write its ``smoe fit`` outputs to ``outdir/<name>/``.
@@ -412,7 +347,7 @@ def fit_batch(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *,
     outdir : str or path
         Output folder, created if missing; locked while the batch runs.
     options : dict, optional
-        Fit options (see :func:`batch_options`); defaults as :func:`smoe.fit`.
+        The fit spec, or a dict of its fields (see :func:`batch_spec`); defaults as :func:`smoe.fit`.
     executor : Executor, optional
         Where to fit; by default one is made from ``workers``,
         ``scheduler``, ``threads_per_worker`` and ``backend`` (see
@@ -439,17 +374,17 @@ def fit_batch(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *,
         committed and a rerun fits the rest.
     """
     start = time.perf_counter()
-    options = batch_options(options)
+    spec = batch_spec(options)
     outdir = Path(outdir)
     paths = _outside(expand_inputs(inputs), outdir)
     jobs = [_Job(name, path) for name, path in zip(output_names(paths), paths)]
     outdir.mkdir(parents=True, exist_ok=True)
-    settings_sha = _settings_digest(options)
+    settings_sha = _settings_digest(spec)
     with BatchLock(outdir):
         _remove_leftovers(outdir, [job.name for job in jobs])
         rows = [_row(job.name, job.path, "pending") for job in jobs]
         todo = _skip_finished(outdir, jobs, rows, settings_sha)
-        result = BatchResult(outdir, rows, 0.0, options=options)
+        result = BatchResult(outdir, rows, 0.0, spec=spec)
         own = executor is None and bool(todo)
         if own:  # before the summary is promised: a cluster that cannot start leaves no trace
             if workers == "auto":
@@ -458,10 +393,10 @@ def fit_batch(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike, *,
                                      backend=backend)
         try:
             if todo:
-                _run(outdir, jobs, todo, rows, options, settings_sha, result, executor, quiet)
+                _run(outdir, jobs, todo, rows, spec, settings_sha, result, executor, quiet)
         finally:
             try:
-                _write_summary(outdir, rows, options, settings_sha, {job.name: job.sha256 for job in jobs})
+                _write_summary(outdir, rows, spec, settings_sha, {job.name: job.sha256 for job in jobs})
             finally:
                 if own:
                     executor.close()
@@ -512,7 +447,7 @@ def _items(jobs: list[_Job], todo: list[int]):
         yield {"path": str(job.path), "data": data}
 
 
-def _run(outdir, jobs, todo, rows, options, settings_sha, result, executor, quiet) -> None:
+def _run(outdir, jobs, todo, rows, spec, settings_sha, result, executor, quiet) -> None:
     result.executor = executor.describe()
     if not quiet:
         skipped = len(jobs) - len(todo)
@@ -521,14 +456,14 @@ def _run(outdir, jobs, todo, rows, options, settings_sha, result, executor, quie
     bar = _progress(len(todo), quiet)
     last_summary = time.monotonic()
     try:
-        for outcome in executor.imap(fit_image, _items(jobs, todo), options=options):
+        for outcome in executor.imap(fit_image, _items(jobs, todo), spec=spec):
             i = todo[outcome.index]
             rows[i] = _handle(outdir, jobs[i], outcome, settings_sha)
             if bar is not None:
                 bar.set_postfix_str(f"{jobs[i].name}: {rows[i]['status']}", refresh=False)
                 bar.update(1)
             if time.monotonic() - last_summary > _SUMMARY_EVERY:
-                _write_summary(outdir, rows, options, settings_sha, {job.name: job.sha256 for job in jobs})
+                _write_summary(outdir, rows, spec, settings_sha, {job.name: job.sha256 for job in jobs})
                 last_summary = time.monotonic()
     finally:
         if bar is not None:
@@ -555,7 +490,7 @@ def _handle(outdir: Path, job: _Job, outcome, settings_sha: str) -> dict:
 def _error_text(exc: BaseException) -> str:
     """One line: the message of an expected failure; type and message otherwise."""
     text = " ".join(str(exc).split())
-    if isinstance(exc, MemoryError):
+    if is_out_of_memory(exc):
         return "out of memory; fit it with fewer kernels (-n) or on a worker with more memory"
     if isinstance(exc, (ImageError, ValueError, OSError)) and text:
         return text

@@ -45,7 +45,7 @@ gives the paper's joint fit; grey images have no chroma.
 
 Budget and stopping.  The defaults need no noise level.  Without ``sigma``
 the noise level is estimated from the noisy image (:func:`smoe.noise.estimate_noise`);
-it sets the kernel count (:func:`default_kernels`).  Each model of the first
+it sets the kernel count (:func:`kernel_density`).  Each model of the first
 set stops once its residual to the noisy image looks like white noise that has
 begun to be fitted: the correlation of the residual with itself one pixel
 across and down falls to :data:`STOP_CORR` (a little below 0).  A model that
@@ -56,7 +56,7 @@ textured images fit deeper than flat ones.  The colour models stop by
 Morozov's discrepancy principle: their mean squared residual falls to
 :data:`STOP_FACTOR` times the variance of their (halved) noise.  At
 sigma^2 = 0.01 on 2 cores, 8 models of kodim23 (and the 4 colour models) take
-25 s; kodim13's foliage uses all :data:`DEFAULT_ITERS` steps, 57 s.
+25 s; kodim13's foliage uses all ``PRESET.iters`` steps, 57 s.
 
 Parallelism and determinism.  The H fits are independent work units
 (:func:`fit_shift`, a top-level function on NumPy arrays) run by
@@ -80,21 +80,19 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 
 from .executor import Executor, make_executor
-from .fitting import FitSettings, as_image, fit, psnr_from_mse
-from .initializers import available as available_initializers
+from .fitted import FittedModel
+from .fitting import as_image, fit, psnr_from_mse
 from .initializers.segment import check_area_power
 from .model import Model
 from .noise import estimate_noise
-from .rasterizer import MODES, render
 from .segment import mdbscan
-from .tiles import TILE
-from .validate import check_choice
+from .sizes import TILE
+from .spec import FitSpec, kernel_budget
 
-__all__ = ["denoise", "shift_offsets", "default_kernels", "fit_shift", "ShiftModel",
-           "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS",
+__all__ = ["denoise", "shift_offsets", "kernel_density", "fit_shift", "ShiftModel", "PRESET",
+           "DEFAULT_MODELS", "DEFAULT_DENSITY",
            "DEFAULT_THRESHOLD", "DEFAULT_AREA_POWER", "DEFAULT_CHROMA_MODELS", "CHROMA_DENSITY", "CHROMA_ITERS",
            "MAX_MODELS", "STOP_CORR", "STOP_FACTOR"]
 
@@ -126,16 +124,10 @@ DEFAULT_DENSITY = 1 / 24
 #: The same fit at quarter resolution gained 0.7 and 1.5 dB less on kodim03 and 23.
 DEFAULT_CHROMA_MODELS = 4
 #: Initial kernels per pixel of the half-resolution image in each colour model (scaled with the
-#: noise level like :func:`default_kernels`).
+#: noise level like :func:`kernel_density`).
 CHROMA_DENSITY = 1 / 32
 #: Most gradient steps per colour model.
 CHROMA_ITERS = 100
-#: Most gradient steps per model; smooth images stop earlier (:data:`STOP_CORR`).  The cap keeps
-#: the slowest Kodak images within twice BM3D's time (about 34 s here): kodim13 at sigma^2 = 0.01
-#: reaches 26.20 dB in 59 s with 150 steps, 26.44 dB in 72 s with 200 and 26.64 dB in 103 s with
-#: 300; kodim06, the slowest of the 24, 28.92 dB in 73 s with 150, 28.90 dB in 66 s with 140 and
-#: 28.88 dB in 63 s with 130.
-DEFAULT_ITERS = 140
 #: A model of the first set stops once its residual's neighbour correlation
 #: (:func:`smoe.fitting.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
 #: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
@@ -149,6 +141,12 @@ STOP_CORR = -0.04
 #: kodim23 0.97: 30.38 dB, 11.5 s; 1.00: 30.13; 1.06: 29.21; kodim05 0.97: 27.18 dB; 1.00: 27.46
 #: (400 steps); 1.06: 27.09.
 STOP_FACTOR = 0.97
+#: The fit of every model of the first set (the colour models change its budget, steps and stop rule).
+#: ``iters``, the most gradient steps per model: smooth images stop earlier (:data:`STOP_CORR`).  The cap keeps
+#: the slowest Kodak images within twice BM3D's time (about 34 s here): kodim13 at sigma^2 = 0.01
+#: reaches 26.20 dB in 59 s with 150 steps, 26.44 dB in 72 s with 200 and 26.64 dB in 103 s with
+#: 300; kodim06, the slowest of the 24, 28.92 dB in 73 s with 150, 28.90 dB in 66 s with 140 and
+#: 28.88 dB in 63 s with 130.
 #: Learning rates of the short denoising fits, pinned (not the regression defaults).  Raised in
 #: two rounds, each time because models hit the step cap before the stop rule: first to three times
 #: the rates first tuned here (0.01, 0.01, 0.001), then 3x again for mu and chol, 6x for the experts
@@ -159,7 +157,8 @@ STOP_FACTOR = 0.97
 #: 28.99 dB in 17.6 s against 28.95 dB in 31.6 s, and on the benchmark's six 28.50 dB in 23.9 s
 #: against 28.44 dB in 42.8 s.  Twice the old mu and chol rates with 30x the gate rate did a little
 #: worse (28.45 dB on the benchmark's six); a tighter stop (0.95) gained 0.05 dB for 17 % more time.
-DEFAULT_SETTINGS = {"lr_mu": 0.09, "lr_mu_final": 1e-3, "lr_chol": 0.09, "lr_experts": 0.018, "lr_pi": 0.02}
+PRESET = FitSpec(n_kernels=None, init="segment", iters=140, lr_mu=0.09, lr_mu_final=1e-3, lr_chol=0.09,
+                 lr_experts=0.018, lr_pi=0.02)
 #: Steps between checks of the stop rule.
 _CHECK_EVERY = 10
 #: Noise standard deviation (on [0, 1]) that :data:`DEFAULT_DENSITY` is tuned for (sigma^2 = 0.01).
@@ -175,21 +174,17 @@ _SHEAR = 5
 class ShiftModel:
     """One of the averaged models.
 
-    model : the fitted Model, in the pixel frame of the image it was fitted on
-    tile_offset : ``(oy, ox)`` of its tile grid; render with the same offset
+    fitted : the fitted model with its tile offset; its frame is the noisy
+        image, or for a colour model its half-resolution version (render it
+        with ``scale=2`` and crop)
     seed : the seed its initializer used
     fit_seconds : wall time of its fit (initialization included)
-    extent : ``(height, width)`` of the image it was fitted on: the noisy image,
-        or for a colour model its half-resolution version (render with
-        ``extent=extent`` at twice that size and crop)
     chroma : True for a model of the separate colour fit
     """
 
-    model: Model
-    tile_offset: tuple[int, int]
+    fitted: FittedModel
     seed: int
     fit_seconds: float
-    extent: tuple[int, int]
     chroma: bool = False
 
 
@@ -248,9 +243,8 @@ def _check_shift_step(step) -> int:
 
 
 # ----------------------------------------------------------------- budget
-def default_kernels(height: int, width: int, sigma: float | None = None, *,
-                    density: float = DEFAULT_DENSITY) -> int:
-    """Initial kernel count per model for a ``height x width`` image.
+def kernel_density(sigma: float | None = None, density: float = DEFAULT_DENSITY) -> float:
+    """Initial kernels per pixel of each model at noise level ``sigma``.
 
     ``density`` kernels per pixel (:data:`DEFAULT_DENSITY`).  With a noise level ``sigma``
     (std on [0, 1], given or estimated) below 0.1 the density grows by ``0.1 / sigma``,
@@ -258,15 +252,20 @@ def default_kernels(height: int, width: int, sigma: float | None = None, *,
     the kodim05 crop at sigma^2 = 0.0037: 27.53 dB with the 1.64x budget,
     26.05 without).  Stronger noise keeps the default: there the 0.45x
     budget lost 0.46 dB at sigma^2 = 0.05 (20.39 against 20.85).
+    :func:`smoe.spec.kernel_budget` turns it into a count.
+
+    Examples
+    --------
+    >>> kernel_density(0.05) == 2 * kernel_density(0.1) == 2 * DEFAULT_DENSITY
+    True
     """
     if sigma is not None and sigma > 0:
         density *= min(2.0, max(1.0, _REFERENCE_SIGMA / sigma))
-    return max(1, min(height * width, round(density * height * width)))
+    return density
 
 
 # ------------------------------------------------------------------ work
-def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernels: int, mode: str, init: str,
-              init_options: dict, settings: dict, scale: int = 1) -> dict:
+def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, spec: FitSpec, scale: int = 1) -> dict:
     """Fit one model with a shifted tile grid and render it: the unit of parallel work.
 
     Parameters
@@ -274,10 +273,8 @@ def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernel
     shift : (int, (int, int))
         ``(seed, (oy, ox))``: the initializer's seed and the tile offset.
     image : (H, W, C) float32 array
-    n_kernels, mode, init, init_options
-        As for :func:`smoe.fit`, raster scope.
-    settings : dict
-        :class:`smoe.fitting.FitSettings` fields.
+    spec : FitSpec
+        The fit, raster scope; ``seed`` and ``tile_offset`` come from ``shift``.
     scale : int
         Render at ``scale`` times the image's size (the same area).
 
@@ -289,11 +286,8 @@ def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernel
     seed, tile_offset = shift
     start = time.perf_counter()
     h, w, _ = image.shape
-    result = fit(image, n_kernels, mode=mode, scope="raster", init=init, seed=seed, tile_offset=tile_offset,
-                 init_options=init_options, quiet=True, **settings)
-    with torch.no_grad():
-        out = render(result.model, scale * h, scale * w, mode=mode, scope="raster", extent=(h, w),
-                     tile_offset=tile_offset).numpy()
+    result = fit(image, spec=spec.replace(seed=seed, tile_offset=tile_offset), quiet=True)
+    out = result.fitted.render(size=(scale * h, scale * w))
     return {"render": out, **result.model.numpy(), "seconds": time.perf_counter() - start}
 
 
@@ -323,7 +317,7 @@ def _noisy_input(noisy) -> np.ndarray:
 
 def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | None = None, init: str = "segment",
             threshold: float = DEFAULT_THRESHOLD, area_power: float = DEFAULT_AREA_POWER, mode: str = "smoe",
-            n_kernels: int | None = None, iters: int = DEFAULT_ITERS, sigma: float | None = None,
+            n_kernels: int | None = None, iters: int = PRESET.iters, sigma: float | None = None,
             stop_corr: float | None = STOP_CORR, stop_factor: float | None = STOP_FACTOR,
             chroma_models: int = DEFAULT_CHROMA_MODELS, seed: int = 0, workers: int = 1, return_models: bool = False,
             quiet: bool = True, init_options: dict | None = None, executor: Executor | None = None, **settings):
@@ -353,7 +347,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     mode : {"smoe", "rbf"}
         ``"rbf"`` is the multi-model GaussianImage comparison.
     n_kernels : int, optional
-        Initial kernels per model; default :func:`default_kernels`.
+        Initial kernels per model; default :func:`kernel_density` per pixel.
     iters : int
         Most gradient steps per model.
     sigma : float, optional
@@ -393,7 +387,8 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         for ``workers``; it is not closed.  Keep its ``threads_per_worker`` at 1
         for results identical to ``workers=1``.
     **settings
-        Other :class:`smoe.fitting.FitSettings` fields (``lam``, learning rates...).
+        Other :class:`smoe.spec.FitSpec` fields (``lam``, learning rates...); the
+        fit starts from :data:`PRESET`.
 
     Returns
     -------
@@ -404,7 +399,6 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         Only with ``return_models=True``: the H models, then the colour models.
     """
     img = _noisy_input(noisy)
-    check_choice("mode", mode, MODES)
     offsets = shift_offsets(models, shift_step)
     if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
@@ -423,27 +417,30 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     h, w, _ = img.shape
     noise = estimate_noise(img) if sigma is None else float(sigma)
     if n_kernels is None:
-        n_kernels = default_kernels(h, w, noise)
-    settings = {**DEFAULT_SETTINGS, **_stop_rule(noise, stop_factor, iters, stop_corr), **settings, "iters": iters}
-    # Fail on a bad kernel count, initializer or setting here, not inside a worker.
-    _validate_fit_arguments(img, n_kernels, init, mode, settings)
-    sets = [{"image": img, "offsets": offsets, "first_seed": seed, "n_kernels": n_kernels, "settings": settings,
-             "init_options": _init_options(img, init, threshold, area_power, init_options)}]
+        n_kernels = kernel_budget(h, w, kernel_density(noise))
+    for name in ("scope", "tile_offset"):
+        if name in settings:
+            raise ValueError(f"denoise sets {name} itself (raster scope, one tile offset per model); drop {name}")
+    # Validated here, so that a bad kernel count, initializer or setting fails before MDBSCAN or any worker runs.
+    spec = PRESET.replace(n_kernels=n_kernels, mode=mode, init=init, seed=seed,
+                          **{**_stop_rule(noise, stop_factor, iters, stop_corr), **settings, "iters": iters})
+    spec = spec.validate(img.shape).replace(init_options=_init_options(img, init, threshold, area_power,
+                                                                       init_options))
+    sets = [{"image": img, "offsets": offsets, "first_seed": seed, "spec": spec}]
     if n_chroma:
         half = _half_resolution(img)
         chroma_iters = min(iters, CHROMA_ITERS)
         # A 2 x 2 mean of white noise has half its standard deviation.
+        chroma = spec.replace(n_kernels=kernel_budget(*half.shape[:2], kernel_density(noise, CHROMA_DENSITY)),
+                              init_options=_init_options(half, init, threshold, area_power, init_options, step=2),
+                              **{**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters), "iters": chroma_iters})
         sets.append({"image": half, "offsets": shift_offsets(n_chroma), "first_seed": seed + len(offsets),
-                     "n_kernels": default_kernels(*half.shape[:2], noise, density=CHROMA_DENSITY), "scale": 2,
-                     "settings": {**settings, **_stop_rule(noise / 2, stop_factor, chroma_iters),
-                                  "iters": chroma_iters},
-                     "init_options": _init_options(half, init, threshold, area_power, init_options, step=2)})
+                     "scale": 2, "spec": chroma.validate(half.shape)})
     own = executor is None
     ex = make_executor(min(workers, len(offsets))) if own else executor
     fitted = [] if return_models else None
     try:
-        result, *colour = [_average(**job, mode=mode, init=init, executor=ex, fitted=fitted, quiet=quiet)
-                           for job in sets]
+        result, *colour = [_average(**job, executor=ex, fitted=fitted, quiet=quiet) for job in sets]
     finally:
         if own:
             ex.close()
@@ -454,8 +451,8 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
     return (result, fitted) if return_models else result
 
 
-def _average(image: np.ndarray, offsets: list, first_seed: int, *, executor: Executor, fitted: list | None,
-             quiet: bool, scale: int = 1, **common) -> np.ndarray:
+def _average(image: np.ndarray, offsets: list, first_seed: int, spec: FitSpec, *, executor: Executor,
+             fitted: list | None, quiet: bool, scale: int = 1) -> np.ndarray:
     """Fit one model per tile offset (model k seeded ``first_seed + k``) and average their renders.
 
     Returns the float64 ``(scale H, scale W, C)`` mean; appends a :class:`ShiftModel`
@@ -467,15 +464,17 @@ def _average(image: np.ndarray, offsets: list, first_seed: int, *, executor: Exe
     # Summed in model order whatever order the fits finish in, so the float sum never depends on workers.
     total = np.zeros((scale * h, scale * w, image.shape[2]), dtype=np.float64)
     # closing() stops the fits still running if this loop ends early (an error, Ctrl-C).
-    with contextlib.closing(executor.imap(fit_shift, shifts, image=image, scale=scale, **common)) as outcomes:
+    with contextlib.closing(executor.imap(fit_shift, shifts, image=image, spec=spec, scale=scale)) as outcomes:
         for k, out in _in_order(outcomes):
             total += out["render"]
             if not quiet:
                 print(f"{name} {k + 1}/{len(shifts)} (tile offset {offsets[k]}): {len(out['pi'])} kernels, "
                       f"{out['seconds']:.1f} s", file=sys.stderr, flush=True)
             if fitted is not None:
-                fitted.append(ShiftModel(Model(out["mu"], out["chol"], out["pi"], out["experts"]), offsets[k],
-                                         first_seed + k, out["seconds"], (h, w), chroma=scale > 1))
+                model = Model(out["mu"], out["chol"], out["pi"], out["experts"])
+                shifted = FittedModel(model, (h, w), spec.mode, "raster", offsets[k],
+                                      spec.replace(seed=first_seed + k, tile_offset=offsets[k]))
+                fitted.append(ShiftModel(shifted, first_seed + k, out["seconds"], chroma=scale > 1))
     return total / len(shifts)
 
 
@@ -518,15 +517,3 @@ def _stop_rule(noise: float, stop_factor: float | None, iters: int, stop_corr: f
         return {"target_corr": None, "log_every": iters}
     return {"target_corr": None, "target_psnr": psnr_from_mse(stop_factor * noise * noise),
             "log_every": _CHECK_EVERY}
-
-
-def _validate_fit_arguments(img: np.ndarray, n_kernels, init, mode: str, settings: dict) -> None:
-    if init not in available_initializers():
-        raise ValueError(f"unknown initializer {init!r}; choose one of {', '.join(available_initializers())}")
-    cfg = FitSettings(**settings).validate()
-    if mode == "rbf" and cfg.lam > 0:
-        raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode='smoe' or lam=0")
-    h, w, _ = img.shape
-    if isinstance(n_kernels, bool) or not isinstance(n_kernels, Integral) or not 1 <= n_kernels <= h * w:
-        raise ValueError(f"n_kernels must be a whole number between 1 and the pixel count {h * w}, "
-                         f"got {n_kernels!r}")

@@ -21,50 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .fitted import FittedModel
 from .initializers import initialize
 from .model import Model
-from .rasterizer import MODES, SCOPES, kernels_per_tile, rasterize
-from .validate import check_choice
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """Optimizer settings; the defaults are the measured ones documented in the README."""
-
-    iters: int = 1000
-    lr_mu: float = 0.01
-    lr_mu_final: float = 1e-3
-    lr_chol: float = 0.03
-    lr_pi: float = 0.001
-    lr_experts: float = 0.003
-    lam: float = 0.0
-    prune_every: int = 100
-    target_psnr: float | None = None
-    target_corr: float | None = None
-    tol: float | None = None
-    time_budget: float | None = None
-    log_every: int = 10
-
-    def validate(self):
-        if self.iters < 1:
-            raise ValueError(f"iters must be at least 1, got {self.iters}")
-        for name in ("lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number, got {v}")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam must be a finite non-negative number, got {self.lam}")
-        if self.target_psnr is not None and not math.isfinite(self.target_psnr):
-            raise ValueError(f"target_psnr must be finite, got {self.target_psnr}")
-        if self.target_corr is not None and not (math.isfinite(self.target_corr) and -1 <= self.target_corr <= 1):
-            raise ValueError(f"target_corr must be a correlation between -1 and 1, got {self.target_corr}")
-        if self.tol is not None and not (math.isfinite(self.tol) and self.tol >= 0):
-            raise ValueError(f"tol must be a finite non-negative number, got {self.tol}")
-        if self.time_budget is not None and not (self.time_budget > 0):
-            raise ValueError(f"time_budget must be positive seconds, got {self.time_budget}")
-        if self.log_every < 1 or self.prune_every < 1:
-            raise ValueError("log_every and prune_every must be at least 1")
-        return self
+from .rasterizer import kernels_per_tile, rasterize
+from .spec import MODEL_INIT, FitSpec
 
 
 @dataclass
@@ -75,6 +36,9 @@ class FitResult:
     history : one dict per logged iteration with keys
         iteration, loss, psnr, kernels, kernels_per_tile, seconds (and
         residual_corr with a ``target_corr`` stop rule)
+    spec : the resolved :class:`smoe.spec.FitSpec`; ``fit(image, spec=result.spec)`` repeats the fit
+    frame : ``(height, width)`` of the fitted image
+    iterations : optimizer steps taken
     stop_reason : "iterations", "target_psnr", "target_corr", "plateau" or "time_budget"
     extras : {"returned_steps": optimizer steps behind the returned model}; the
         fit returns the iterate with the lowest loss, which is the last one
@@ -83,7 +47,9 @@ class FitResult:
 
     model: Model
     history: list[dict]
-    settings: dict
+    spec: FitSpec
+    frame: tuple[int, int]
+    iterations: int
     init_kernels: int
     init_seconds: float
     fit_seconds: float
@@ -93,6 +59,17 @@ class FitResult:
     @property
     def final_psnr(self) -> float:
         return self.history[-1]["psnr"]
+
+    @property
+    def fitted(self) -> FittedModel:
+        """The model with the frame, mode, scope, tile offset and spec it was fitted with."""
+        spec = self.spec
+        return FittedModel(self.model, self.frame, spec.mode, spec.scope, spec.tile_offset, spec)
+
+    def run_facts(self) -> dict:
+        """How the fit went, as ``metrics.json`` reports it."""
+        return {"kernels_initial": self.init_kernels, "iterations": self.iterations, "stop_reason": self.stop_reason,
+                "init_seconds": self.init_seconds, "fit_seconds": self.fit_seconds}
 
 
 def as_image(image, name: str = "image") -> np.ndarray:
@@ -167,6 +144,16 @@ def _rbf_experts(model: Model, image: np.ndarray) -> Model:
     return Model.unchecked(model.mu, model.chol, model.pi, model.experts / scale)
 
 
+class _SpecDefault:
+    """Marks an argument left to the spec's default."""
+
+    def __repr__(self):
+        return "<the spec's default>"
+
+
+SPEC_DEFAULT = _SpecDefault()
+
+
 def _progress(total: int, quiet: bool):
     if quiet:
         return None
@@ -174,9 +161,8 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="it", dynamic_ncols=True, leave=True)
 
 
-def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str = "raster", init: str | Model = "random",
-        seed: int = 0, tile_offset: tuple[int, int] = (0, 0), backend: str = "auto", quiet: bool = True,
-        init_options: dict | None = None, callback=None, **settings) -> FitResult:
+def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = None, init: str | Model | None = None,
+        backend: str = "auto", quiet: bool = True, callback=None, **fields) -> FitResult:
     """Fit a kernel model to an image.
 
     Parameters
@@ -184,54 +170,58 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
     image : (H, W) or (H, W, C) array
         Float image in [0, 1], C = 1 or 3.
     n_kernels : int or None
-        Kernel budget handed to the initializer (``L_init``).  None lets
-        initializers that choose their own count (``"adaptive"``) do so; the
-        others then raise.
-    mode : {"smoe", "rbf"}
-        Regression function.  L1 sparsity and pruning act on the SMoE gates;
-        RBF has no gates, so ``lam`` must be 0 there.
-    scope : {"raster", "global"}
-    init : str or Model
+        Kernel budget handed to the initializer (``L_init``, default 2000).
+        None lets initializers that choose their own count (``"adaptive"``) do
+        so; the others then raise.
+    spec : FitSpec, optional
+        Everything the fit computes (:class:`smoe.spec.FitSpec`, whose fields
+        and defaults are documented there); ``n_kernels``, ``init`` and
+        ``**fields`` given beside it override its fields.
+    init : str or Model, optional
         Initializer name (see :func:`smoe.initializers.available`) or a ready
-        model to start from.
-    seed : int
-        Seeds the initializer; the fit itself is deterministic on CPU.
-    tile_offset : (int, int)
-        Shift of the tile grid (multi-model denoising fits several shifts).
+        model to start from, recorded as init ``"model"``.
     backend : {"auto", "cpu", "torch"}
     quiet : bool
         False shows a progress bar (iteration, PSNR, kernels, it/s).
-    init_options : dict, optional
-        Extra keyword arguments for the initializer.
     callback : callable, optional
         Called with each history record as it is logged.
-    **settings
-        Fields of :class:`FitSettings`: ``iters``, learning rates, ``lam``,
-        ``prune_every``, stopping rules ``target_psnr``, ``target_corr`` (stop
-        once :func:`neighbour_correlation` of the residual is at most this,
-        checked at log points and recorded there as ``residual_corr``), ``tol`` (relative loss
-        decrease between two log points below which the fit stops),
-        ``time_budget`` (seconds), and ``log_every``.
+    **fields
+        Other :class:`~smoe.spec.FitSpec` fields: ``mode``, ``scope``,
+        ``init_options``, ``seed``, ``tile_offset``, ``iters``, learning rates,
+        ``lam``, ``prune_every``, the stop rules ``target_psnr``,
+        ``target_corr`` (stop once :func:`neighbour_correlation` of the
+        residual is at most this, checked at log points and recorded there as
+        ``residual_corr``), ``tol``, ``time_budget``, and ``log_every``.
 
     Returns
     -------
     FitResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> result = fit(image, 100, iters=20, seed=1)
+    >>> again = fit(image, spec=result.spec)
+    >>> bool((again.model.mu == result.model.mu).all())
+    True
     """
-    check_choice("mode", mode, MODES)
-    check_choice("scope", scope, SCOPES)
-    cfg = FitSettings(**settings).validate()
-    if mode == "rbf" and cfg.lam > 0:
-        raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode='smoe' or lam=0")
     img = as_image(image)
     h, w, c = img.shape
+    start = init if isinstance(init, Model) else None
+    if n_kernels is not SPEC_DEFAULT:
+        fields["n_kernels"] = n_kernels
+    if init is not None:
+        fields["init"] = MODEL_INIT if start is not None else init
+    spec = (spec or FitSpec()).replace(**fields).validate(img.shape)
+    if spec.init == MODEL_INIT and start is None:
+        raise ValueError("this spec starts from a ready model (init 'model'); pass that model too: "
+                         "fit(image, spec=spec, init=model)")
+    mode, scope, tile_offset = spec.mode, spec.scope, spec.tile_offset
     t0 = time.perf_counter()
-    if isinstance(init, Model):
-        start = init
-    else:
-        if n_kernels is not None and not (isinstance(n_kernels, (int, np.integer)) and 1 <= n_kernels <= h * w):
-            raise ValueError(f"n_kernels must be an integer between 1 and the pixel count {h * w}, got {n_kernels}")
-        start = initialize(init, img, None if n_kernels is None else int(n_kernels), seed=seed,
-                           **(init_options or {}))
+    if start is None:
+        start = initialize(spec.init, img, None if spec.n_kernels is None else int(spec.n_kernels), seed=spec.seed,
+                           **spec.init_options)
         if mode == "rbf":
             start = _rbf_experts(start, img)
     if start.channels != c:
@@ -241,24 +231,24 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
     target = torch.from_numpy(img).to(start.dtype)
     p = _Parameters(start.to(device=target.device))
     opt = torch.optim.Adam([
-        {"params": [p.mu], "lr": cfg.lr_mu},
-        {"params": [p.chol], "lr": cfg.lr_chol},
-        {"params": [p.pi], "lr": cfg.lr_pi},
-        {"params": [p.experts], "lr": cfg.lr_experts},
+        {"params": [p.mu], "lr": spec.lr_mu},
+        {"params": [p.chol], "lr": spec.lr_chol},
+        {"params": [p.pi], "lr": spec.lr_pi},
+        {"params": [p.experts], "lr": spec.lr_experts},
     ])
-    decay = (cfg.lr_mu_final / cfg.lr_mu) ** (1.0 / cfg.iters) if cfg.lr_mu > 0 and cfg.lr_mu_final > 0 else 1.0
+    decay = (spec.lr_mu_final / spec.lr_mu) ** (1.0 / spec.iters) if spec.lr_mu > 0 and spec.lr_mu_final > 0 else 1.0
 
     history: list[dict] = []
-    bar = _progress(cfg.iters, quiet)
+    bar = _progress(spec.iters, quiet)
     stop, prev_best, best = "iterations", math.inf, math.inf
     t_fit = time.perf_counter()
     it = 0
     try:
-        for it in range(1, cfg.iters + 1):
+        for it in range(1, spec.iters + 1):
             out = rasterize(p.mu, p.cholesky(), p.pi, p.experts, h, w, mode=mode, scope=scope,
                             tile_offset=tile_offset, backend=backend)
             mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
-            loss = mse + cfg.lam * torch.clamp(p.pi, min=0).sum() if cfg.lam > 0 else mse
+            loss = mse + spec.lam * torch.clamp(p.pi, min=0).sum() if spec.lam > 0 else mse
             if float(loss.detach()) < best:
                 best, best_model, best_steps = float(loss.detach()), _snapshot(p.model()), it - 1
             opt.zero_grad(set_to_none=True)
@@ -266,34 +256,34 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
             opt.step()
             opt.param_groups[0]["lr"] *= decay
 
-            if mode == "smoe" and (it % cfg.prune_every == 0 or it == cfg.iters):
+            if mode == "smoe" and (it % spec.prune_every == 0 or it == spec.iters):
                 keep = p.pi.detach() > 0
                 if not keep.all():
                     p.compact(keep, opt)
 
-            last = it == cfg.iters
+            last = it == spec.iters
             elapsed = time.perf_counter() - t_fit
-            if cfg.time_budget is not None and elapsed >= cfg.time_budget:
+            if spec.time_budget is not None and elapsed >= spec.time_budget:
                 stop, last = "time_budget", True
             psnr = psnr_from_mse(float(mse.detach()))
-            if cfg.target_psnr is not None and psnr >= cfg.target_psnr:
+            if spec.target_psnr is not None and psnr >= spec.target_psnr:
                 stop, last = "target_psnr", True
-            if it % cfg.log_every == 0 or last:
+            if it % spec.log_every == 0 or last:
                 live = int((p.pi.detach() > 0).sum()) if mode == "smoe" else p.pi.shape[0]
                 rec = {"iteration": it, "loss": float(loss.detach()), "psnr": psnr, "kernels": live,
                        "kernels_per_tile": kernels_per_tile(p.model(), h, w, mode=mode, tile_offset=tile_offset)
                        if scope == "raster" else float(live), "seconds": elapsed}
-                if cfg.target_corr is not None:
+                if spec.target_corr is not None:
                     rec["residual_corr"] = neighbour_correlation(target - out.detach())
-                    if rec["residual_corr"] <= cfg.target_corr:
+                    if rec["residual_corr"] <= spec.target_corr:
                         stop, last = "target_corr", True
                 history.append(rec)
                 if callback is not None:
                     callback(rec)
                 if bar is not None:
                     bar.set_postfix(psnr=f"{psnr:.2f}", kernels=live, refresh=False)
-                if cfg.tol is not None and not last:
-                    if prev_best < math.inf and (prev_best - best) <= cfg.tol * abs(prev_best):
+                if spec.tol is not None and not last:
+                    if prev_best < math.inf and (prev_best - best) <= spec.tol * abs(prev_best):
                         stop, last = "plateau", True
                     prev_best = best
             if bar is not None:
@@ -309,7 +299,7 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
     # iterate had a lower loss.
     model = p.model()
     mse = _mse(model, target, mode, scope, tile_offset, backend)
-    if _loss(model, mse, cfg.lam) >= best:
+    if _loss(model, mse, spec.lam) >= best:
         model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, backend)
     else:
         best_steps = it
@@ -317,10 +307,7 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
         model = model.pruned()
     history[-1]["psnr"] = psnr_from_mse(mse)
     history[-1]["kernels"] = len(model)
-    used = {"mode": mode, "scope": scope, "init": init if isinstance(init, str) else "model",
-            "n_kernels": None if n_kernels is None else int(n_kernels), "seed": seed, "tile_offset": list(tile_offset),
-            "iterations": it, **cfg.__dict__}
-    return FitResult(model, history, used, len(start), init_seconds, fit_seconds, stop,
+    return FitResult(model, history, spec, (h, w), it, len(start), init_seconds, fit_seconds, stop,
                      extras={"returned_steps": best_steps})
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing image files, and writing any file atomically.
+"""Reading and writing image files.
 
 Images live in memory as float32 arrays in ``[0, 1]``: ``(H, W)`` for grey,
 ``(H, W, 3)`` for RGB.  Files are decoded with Pillow (PNG, JPEG, TIFF, BMP and
@@ -14,19 +14,15 @@ Converting colour to grey uses the ITU-R BT.601 luma weights
 ``Y = 0.299 R + 0.587 G + 0.114 B`` (the weights of JPEG and of Pillow's ``"L"``
 conversion), applied to the float samples.
 
-Every file the project writes goes through :func:`atomic_write`: readers
+Files are written through :func:`smoe.atomic.atomic_write_bytes`: readers
 never see a half-written file, and a failed write leaves the old file intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import io
-import os
 import re
-import secrets
-import stat
 import struct
 import sys
 import warnings
@@ -36,13 +32,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_write_bytes
+
 __all__ = [
     "ImageError",
     "read_image",
     "decode_image",
     "write_image",
-    "atomic_write",
-    "atomic_write_bytes",
+    "encode_image",
     "default_image_path",
     "to_grey",
     "LUMA_BT601",
@@ -328,42 +325,64 @@ def _one_line(exc: BaseException) -> str:
 
 # ===================================================================== writing
 def write_image(path, image, *, bits: int = 8) -> None:
-    """Write an image file; the format follows the suffix.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ``.png``, ``.jpg``/``.jpeg``, ``.tif``/``.tiff`` or ``.bmp``.
-    image : (H, W), (H, W, 1) or (H, W, 3) array (or CPU tensor)
-        Float samples; values are clipped to ``[0, 1]`` and rounded to the
-        nearest code.
-    bits : {8, 16}
-        16 bits per sample is available for PNG and TIFF.  JPEG is written at
-        quality 95 without chroma subsampling.
-
-    The file is written atomically (:func:`atomic_write`).
+    """Write an image file atomically; the format follows the suffix (see :func:`encode_image`).
 
     Raises
     ------
     ImageError
         Unknown suffix, unsupported bit depth, bad shape, empty or non-finite image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "grey.png"
+    >>> write_image(path, np.full((4, 6), 0.5))
+    >>> read_image(path).shape
+    (4, 6)
     """
-    path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
+    atomic_write_bytes(path, encode_image(image, path, bits=bits))
+
+
+def encode_image(image, name, *, bits: int = 8) -> bytes:
+    """The bytes of an image file whose format follows the suffix of ``name``.
+
+    Parameters
+    ----------
+    image : (H, W), (H, W, 1) or (H, W, 3) array (or CPU tensor)
+        Float samples; values are clipped to ``[0, 1]`` and rounded to the
+        nearest code.
+    name : str or os.PathLike
+        ``.png``, ``.jpg``/``.jpeg``, ``.tif``/``.tiff`` or ``.bmp`` file name
+        (or just the suffix); it also names the image in error messages.
+    bits : {8, 16}
+        16 bits per sample is available for PNG and TIFF.  JPEG is written at
+        quality 95 without chroma subsampling.
+
+    Raises
+    ------
+    ImageError
+        Unknown suffix, unsupported bit depth, bad shape, empty or non-finite image.
+
+    Examples
+    --------
+    >>> encode_image(np.zeros((2, 2)), ".png")[:4]
+    b'\\x89PNG'
+    """
+    path = Path(name)
+    suffix = path.suffix or str(name)
+    fmt = _FORMATS.get(suffix.lower())
     if fmt is None:
         raise ImageError(
-            f"{path}: unknown image suffix {path.suffix!r}; use one of {', '.join(sorted(_FORMATS))}"
+            f"{path}: unknown image suffix {suffix!r}; use one of {', '.join(sorted(_FORMATS))}"
         )
     if bits not in (8, 16):
         raise ImageError(f"bits must be 8 or 16, got {bits!r}")
     if bits == 16 and fmt not in _FORMATS_16:
-        raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {path.suffix!r}")
+        raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {suffix!r}")
     codes = _quantize(_as_hwc(image, path), bits)
     if bits == 16:
-        encoded = _png16(codes) if fmt == "PNG" else _tiff16(codes)
-    else:
-        encoded = _pillow_encode(codes, fmt)
-    atomic_write_bytes(path, encoded)
+        return _png16(codes) if fmt == "PNG" else _tiff16(codes)
+    return _pillow_encode(codes, fmt)
 
 
 def _as_hwc(image, path: Path) -> np.ndarray:
@@ -460,90 +479,6 @@ def _tiff16(codes: np.ndarray) -> bytes:
     out = b"II*\0" + struct.pack("<I", 8) + ifd + extra
     assert len(out) == data_at
     return out + pixels
-
-
-# ============================================================ atomic writing
-@contextlib.contextmanager
-def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
-    """Open a file for writing so that it appears complete or not at all.
-
-    The body writes to a temporary file in the target's directory; on success
-    the data is flushed, fsync'ed and moved over ``path`` with ``os.replace``
-    (atomic on POSIX and Windows).  If the body raises, the temporary file is
-    removed and an existing ``path`` is left untouched.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    mode : {"wb", "w"}
-        Binary or text.
-    encoding : str, optional
-        Text encoding for ``mode="w"``; UTF-8 by default.
-
-    Yields
-    ------
-    The open file object.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_write supports mode 'wb' or 'w', got {mode!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory")
-    tmp, fd = _create_temp(path)
-    try:
-        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _copy_permissions(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
-
-
-def _create_temp(path: Path) -> tuple[Path, int]:
-    # os.open with mode 0o666 lets the umask decide the permissions, exactly as
-    # for a file created with open(); tempfile.mkstemp would force 0o600.
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
-
-
-def _copy_permissions(target: Path, tmp: Path) -> None:
-    """Keep the mode bits of a file being replaced."""
-    try:
-        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
-    except FileNotFoundError:
-        pass
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the rename durable; not possible (nor needed) on every platform."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ================================================================ demo image

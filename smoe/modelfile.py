@@ -12,11 +12,16 @@ name        shape        content
 ``meta``    (n,) uint8   UTF-8 JSON object, see below
 =========== ============ ==========================================
 
-``meta`` holds ``format`` (``"smoe-model"``), ``format_version`` (int),
+``meta`` holds ``format`` (``"smoe-model"``), ``format_version`` (2),
 ``mode`` (``"smoe"``/``"rbf"``), ``scope`` (``"raster"``/``"global"``),
 ``height`` and ``width`` of the image the model was fitted on, ``channels``,
-``smoe_version`` (the writer's) and ``settings`` (a free JSON object with the
-fit settings).
+``tile_offset`` (``[oy, ox]``), ``smoe_version`` (the writer's) and ``spec``
+(the resolved :class:`smoe.spec.FitSpec` as a JSON object, or null), so a
+file says how to render the model and how to fit it again.
+
+Format 1 stored no tile offset (it was always ``[0, 0]``) and a free JSON
+object ``settings`` instead of ``spec``; such files still load, with the spec
+read from ``settings`` where those are the fields of a spec.
 
 Loading uses ``np.load(..., allow_pickle=False)``: an archive that carries
 pickled Python objects is refused before any of it is unpickled, so opening
@@ -26,6 +31,7 @@ own dtype, so a saved model renders bit-identically after loading.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 import zlib
@@ -33,19 +39,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import atomic_write
+from .atomic import atomic_write_bytes
+from .fitted import FittedModel
 from .model import Model
-from .rasterizer import MODES, SCOPES
+from .spec import MODES, SCOPES, FitSpec
 from .version import __version__
 
-__all__ = ["ModelFileError", "save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "model_file_bytes", "FORMAT_NAME",
+           "FORMAT_VERSION"]
 
 FORMAT_NAME = "smoe-model"
 #: The newest format version this code reads and the one it writes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _ARRAYS = ("mu", "chol", "pi", "experts")
-_REQUIRED_META = ("mode", "scope", "height", "width", "channels")  # besides format and format_version
+# Besides format and format_version, by format version.
+_REQUIRED_META = {1: ("mode", "scope", "height", "width", "channels"),
+                  2: ("mode", "scope", "height", "width", "channels", "tile_offset", "spec")}
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members / an empty zip
 
 
@@ -54,39 +64,40 @@ class ModelFileError(ValueError):
 
 
 # ====================================================================== save
-def save_model(path, model: Model, *, mode: str, scope: str, height: int, width: int,
-               settings: dict | None = None) -> None:
+def save_model(path, fitted: FittedModel) -> None:
     """Write a model file atomically.
 
     Parameters
     ----------
     path : str or os.PathLike
         Target file, written as given (``.npz`` is the conventional suffix).
-    model : Model
-        L kernels; saved in its own dtype (float32 or float64), moved to the CPU.
-    mode : {"smoe", "rbf"}
-        Regression function the model was fitted for.
-    scope : {"raster", "global"}
-        Scope the model was fitted with.
-    height, width : int
-        Size of the image the model was fitted on.
-    settings : dict, optional
-        Fit settings, stored as JSON; NumPy scalars/arrays and paths are
-        converted, anything else must be JSON-serialisable.
+    fitted : FittedModel
+        The kernels (saved in their own dtype, float32 or float64, from the
+        CPU) with their frame, mode, scope, tile offset and spec.
 
     Raises
     ------
     ValueError
-        Invalid model or arguments, or settings that JSON cannot hold.
+        An invalid model, or a spec that JSON cannot hold.
+
+    Examples
+    --------
+    >>> import smoe, tempfile, numpy as np
+    >>> image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    >>> fitted = smoe.fit(image, 20, iters=3).fitted
+    >>> path = tempfile.mkdtemp() + "/m.smoe.npz"
+    >>> save_model(path, fitted)
+    >>> load_model(path).frame
+    (16, 16)
     """
-    for name, value, choices in (("mode", mode, MODES), ("scope", scope, SCOPES)):
-        if problem := _choice_problem(name, value, choices):
-            raise ValueError(problem)
-    for name, size in (("height", height), ("width", width)):
-        if not _is_positive_int(size):
-            raise ValueError(f"{name} must be a positive integer, got {size!r}")
-    if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict, got {type(settings).__name__}")
+    atomic_write_bytes(path, model_file_bytes(fitted))
+
+
+def model_file_bytes(fitted: FittedModel) -> bytes:
+    """The bytes of the model file :func:`save_model` writes."""
+    if not isinstance(fitted, FittedModel):
+        raise ValueError(f"save_model takes a FittedModel (smoe.fit(...).fitted), got {type(fitted).__name__}")
+    model = fitted.model
     model.validate()
     arrays = model.numpy()
     if arrays["mu"].dtype not in (np.float32, np.float64):
@@ -94,39 +105,24 @@ def save_model(path, model: Model, *, mode: str, scope: str, height: int, width:
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "mode": mode,
-        "scope": scope,
-        "height": int(height),
-        "width": int(width),
+        "mode": fitted.mode,
+        "scope": fitted.scope,
+        "height": fitted.height,
+        "width": fitted.width,
         "channels": model.channels,
+        "tile_offset": list(fitted.tile_offset),
         "smoe_version": __version__,
-        "settings": settings or {},
+        "spec": None if fitted.spec is None else fitted.spec.to_dict(),
     }
-    try:
-        text = json.dumps(meta, default=_json_default, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"settings must be JSON-serialisable: {exc}") from exc
-    meta_bytes = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    with atomic_write(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays, meta=meta_bytes)
-
-
-def _json_default(value):
-    """Turn the non-JSON values fit settings commonly hold into JSON ones."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
+    text = json.dumps(meta, sort_keys=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays, meta=np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
+    return buffer.getvalue()
 
 
 # ====================================================================== load
-def load_model(path) -> tuple[Model, dict]:
-    """Read and validate a model file.
+def load_model(path) -> FittedModel:
+    """Read and validate a model file: the fitted model, ready to render.
 
     Parameters
     ----------
@@ -134,12 +130,9 @@ def load_model(path) -> tuple[Model, dict]:
 
     Returns
     -------
-    model : Model
-        Tensors on the CPU, in the dtype stored in the file.
-    meta : dict
-        ``format``, ``format_version``, ``mode``, ``scope``, ``height``,
-        ``width``, ``channels``, ``smoe_version`` and ``settings`` (see the
-        module docstring).
+    FittedModel
+        Tensors on the CPU, in the dtype stored in the file; ``spec`` is None
+        for a format-1 file whose settings are not a spec's fields.
 
     Raises
     ------
@@ -149,6 +142,20 @@ def load_model(path) -> tuple[Model, dict]:
         inconsistent or invalid model.  The message names the file and the
         problem.
     """
+    return read_model_file(path)[0]
+
+
+def read_model_file(path) -> tuple[FittedModel, dict]:
+    """:func:`load_model`, and the file's metadata (for ``smoe info``).
+
+    Returns
+    -------
+    fitted : FittedModel
+    meta : dict
+        ``format``, ``format_version``, ``mode``, ``scope``, ``height``,
+        ``width``, ``channels``, ``tile_offset``, ``smoe_version`` and ``spec``
+        (format 2) or ``settings`` (format 1); see the module docstring.
+    """
     path = Path(path)
     arrays = _read_arrays(path)
     meta = _parse_meta(path, arrays.pop("meta"))
@@ -157,7 +164,28 @@ def load_model(path) -> tuple[Model, dict]:
         model = Model(*(arrays[name] for name in _ARRAYS))
     except ValueError as exc:
         raise ModelFileError(f"{path}: invalid model: {exc}") from exc
-    return model, meta
+    try:
+        fitted = FittedModel(model, (meta["height"], meta["width"]), meta["mode"], meta["scope"],
+                             tuple(meta["tile_offset"]), _stored_spec(path, meta))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
+    return fitted, meta
+
+
+def _stored_spec(path: Path, meta: dict) -> FitSpec | None:
+    """The fit spec a file records; a format-1 file's free settings give one only if they are a spec's fields."""
+    if meta["format_version"] == 1:
+        settings = {key: value for key, value in meta["settings"].items() if key != "iterations"}
+        try:
+            return FitSpec.from_dict(settings) if settings else None
+        except (ValueError, TypeError):
+            return None
+    if meta["spec"] is None:
+        return None
+    try:
+        return FitSpec.from_dict(meta["spec"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: the stored fit spec is invalid ({_one_line(exc)})") from exc
 
 
 def _fail(path: Path, problem: str) -> ModelFileError:
@@ -226,9 +254,9 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     if not _is_positive_int(version):
         raise _fail(path, f"format_version must be a positive integer, got {version!r}")
     if version > FORMAT_VERSION:
-        raise _fail(path, f"written by a newer smoe (format version {version}, this smoe reads up to "
-                          f"{FORMAT_VERSION}); upgrade smoe to load it")
-    missing = [key for key in _REQUIRED_META if key not in meta]
+        raise _fail(path, f"written by a newer smoe (format {version}); upgrade smoe (this one reads formats up "
+                          f"to {FORMAT_VERSION})")
+    missing = [key for key in _REQUIRED_META[version] if key not in meta]
     if missing:
         raise _fail(path, f"metadata lacks {', '.join(map(repr, missing))}; the file is incomplete")
     for key, choices in (("mode", MODES), ("scope", SCOPES)):
@@ -239,9 +267,16 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
             raise _fail(path, f"{key} must be a positive integer, got {meta.get(key)!r}")
     if meta.get("channels") not in (1, 3) or isinstance(meta.get("channels"), bool):
         raise _fail(path, f"channels must be 1 or 3, got {meta.get('channels')!r}")
-    meta.setdefault("settings", {})
-    if not isinstance(meta["settings"], dict):
-        raise _fail(path, f"settings must be a JSON object, got {type(meta['settings']).__name__}")
+    if version == 1:
+        meta.setdefault("settings", {})
+        if not isinstance(meta["settings"], dict):
+            raise _fail(path, f"settings must be a JSON object, got {type(meta['settings']).__name__}")
+        meta["tile_offset"] = [0, 0]  # format 1 knew no other
+    elif meta["spec"] is not None and not isinstance(meta["spec"], dict):
+        raise _fail(path, f"the stored fit spec must be a JSON object or null, got {type(meta['spec']).__name__}")
+    offset = meta["tile_offset"]
+    if not (isinstance(offset, list) and len(offset) == 2 and all(_is_int(o) for o in offset)):
+        raise _fail(path, f"tile_offset must be a list of two whole numbers, got {offset!r}")
     meta.setdefault("smoe_version", "unknown")
     return meta
 
@@ -273,8 +308,12 @@ def _choice_problem(name, value, choices) -> str | None:
     return f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    return _is_int(value) and value > 0
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,11 +1,13 @@
-"""The files a fit leaves behind, and the quality figures they report.
+"""The files a fit leaves behind, and the quality figures they report, built in memory.
 
-``smoe fit`` and ``smoe fit-batch`` write the same set of outputs for every
-image (:data:`FIT_OUTPUTS`): the model file, its reconstruction, a
-``metrics.json`` with quality, kernel counts, timings and versions, the
-iteration history and two figures.  :func:`write_fit_outputs` writes them,
-``metrics.json`` last, so a folder holding a complete ``metrics.json`` holds
-a complete fit.
+``smoe fit`` and ``smoe fit-batch`` produce the same set of outputs for
+every image (:data:`FIT_OUTPUTS`): the model file, its reconstruction, a
+``metrics.json`` with quality, kernel counts, timings, versions and the
+resolved fit spec, the iteration history and two figures.
+:func:`fit_outputs` builds them all as bytes, rendering the reconstruction
+once for the metrics and the pictures; both commands write them with
+:func:`smoe.atomic.write_output_folder`, so they appear together or not at
+all, ``metrics.json`` last.
 """
 
 from __future__ import annotations
@@ -15,90 +17,104 @@ import io
 import json
 import math
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import metrics
-from .imageio import atomic_write_bytes, write_image
-from .model import Model
-from .modelfile import save_model
-from .rasterizer import kernels_per_tile, render
+from .fitted import FittedModel
+from .imageio import encode_image
+from .modelfile import model_file_bytes
 from .version import __version__
+
+__all__ = ["FIT_OUTPUTS", "fit_outputs"]
 
 #: What one fit writes into its output folder.
 FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",
                "kernels.png")
-#: Renders timed for ``render_ms`` in metrics.json (the median is reported).
-RENDER_REPEATS = 5
 
 
-def quality(reference: np.ndarray, image: np.ndarray, *, with_lpips: bool = True) -> dict:
-    """PSNR, SSIM, MS-SSIM and LPIPS; a metric the image is too small for is None."""
-    side = min(reference.shape[:2])
-    return {
-        "psnr": _finite(metrics.psnr(reference, image)),
-        "ssim": metrics.ssim(reference, image) if side >= metrics.SSIM_WINDOW else None,
-        "ms_ssim": metrics.ms_ssim(reference, image) if side > metrics.MS_SSIM_MIN_SIDE else None,
-        "lpips": metrics.lpips(reference, image) if with_lpips and side >= metrics.LPIPS_MIN_SIDE else None,
-    }
+def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, image_path, run: dict,
+                ) -> tuple[dict[str, bytes], dict]:
+    """Every fit output as bytes, and the metrics.json content.
 
+    Parameters
+    ----------
+    fitted : FittedModel
+        The fitted model (``FitResult.fitted``).
+    image : (H, W) or (H, W, C) array
+        The image it was fitted on, floats in [0, 1].
+    history : list of dict
+        ``FitResult.history``.
+    image_path : str or os.PathLike
+        Where the image came from, recorded in metrics.json.
+    run : dict
+        ``FitResult.run_facts()``: initial kernels, iterations, stop reason, timings.
 
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
-    return float(value) if math.isfinite(value) else None
+    Returns
+    -------
+    files : dict of str to bytes
+        One entry per name of :data:`FIT_OUTPUTS`.
+    report : dict
+        The content of ``metrics.json``: quality (``metrics.evaluate``), kernel
+        counts, ``render_ms`` (the time of the one render), versions and the
+        resolved ``spec``.
 
-
-def write_fit_outputs(outdir: Path, image_path: Path, image: np.ndarray, result) -> dict:
-    """Render, measure and write every fit output; returns the metrics.json content."""
-    model, settings = result.model, result.settings
-    mode, scope = settings["mode"], settings["scope"]
-    h, w = image.shape[:2]
-    with torch.no_grad():
-        recon = render(model, h, w, mode=mode, scope=scope).numpy()
+    Examples
+    --------
+    >>> import smoe
+    >>> image = np.random.default_rng(0).random((32, 48, 3)).astype(np.float32)
+    >>> result = smoe.fit(image, 50, iters=5)
+    >>> files, report = fit_outputs(result.fitted, image, result.history, image_path="x.png",
+    ...                             run=result.run_facts())
+    >>> sorted(files) == sorted(FIT_OUTPUTS), report["kernels_final"] == len(result.model)
+    (True, True)
+    """
+    start = time.perf_counter()
+    recon = fitted.render()
+    render_ms = 1000.0 * (time.perf_counter() - start)
+    h, w = fitted.frame
+    quality = metrics.evaluate(image, recon.reshape(np.shape(image)))
     report = {
-        "image": {"path": str(image_path.resolve()), "width": w, "height": h,
-                  "channels": 1 if image.ndim == 2 else image.shape[2]},
-        **quality(image, recon.reshape(image.shape)),
-        "kernels_initial": result.init_kernels,
-        "kernels_final": len(model),
-        "kernels_per_tile": kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model)),
-        "iterations": result.history[-1]["iteration"],
-        "stop_reason": result.stop_reason,
-        "init_seconds": result.init_seconds,
-        "fit_seconds": result.fit_seconds,
-        "render_ms": _median_render_ms(model, h, w, mode, scope),
+        "image": {"path": str(Path(image_path).resolve()), "width": w, "height": h,
+                  "channels": 1 if np.ndim(image) == 2 else np.shape(image)[2]},
+        **{key: _finite(value) for key, value in quality.items()},
+        "kernels_initial": run["kernels_initial"],
+        "kernels_final": len(fitted.model),
+        "kernels_per_tile": fitted.kernels_per_tile(),
+        "iterations": run["iterations"],
+        "stop_reason": run["stop_reason"],
+        "init_seconds": run["init_seconds"],
+        "fit_seconds": run["fit_seconds"],
+        "render_ms": render_ms,
         "versions": _versions(),
-        "settings": settings,
+        "spec": None if fitted.spec is None else fitted.spec.to_dict(),
     }
-    save_model(outdir / "model.smoe.npz", model, mode=mode, scope=scope, height=h, width=w, settings=settings)
-    write_image(outdir / "reconstruction.png", recon)
-    atomic_write_bytes(outdir / "history.csv", _history_csv(result.history))
     from . import plots  # matplotlib loads only when figures are drawn
 
-    plots.plot_convergence(result.history, outdir / "convergence.png", title=f"{image_path.name}: {len(model)} "
-                           f"kernels, {report['psnr'] or math.inf:.2f} dB after {report['iterations']} iterations")
-    plots.draw_kernels(image, model, outdir / "kernels.png")
-    # Written last: a complete metrics.json marks a complete output directory.
-    atomic_write_bytes(outdir / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
-    return report
+    psnr = report["psnr"]
+    title = (f"{Path(image_path).name}: {len(fitted.model)} kernels, "
+             f"{math.inf if psnr is None else psnr:.2f} dB after {report['iterations']} iterations")
+    files = {
+        "model.smoe.npz": model_file_bytes(fitted),
+        "reconstruction.png": encode_image(recon, ".png"),
+        "history.csv": _history_csv(history),
+        "convergence.png": plots.plot_convergence(history, title=title),
+        "kernels.png": plots.draw_kernels(image, fitted.model),
+        "metrics.json": (json.dumps(report, indent=2) + "\n").encode(),
+    }
+    return files, report
 
 
-def _median_render_ms(model: Model, h: int, w: int, mode: str, scope: str) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(RENDER_REPEATS):
-            start = time.perf_counter()
-            render(model, h, w, mode=mode, scope=scope)
-            times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+def _finite(value):
+    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _versions() -> dict:
     import numba
+    import torch
 
     return {"smoe": __version__, "torch": torch.__version__, "numba": numba.__version__,
             "numpy": np.__version__, "python": platform.python_version()}

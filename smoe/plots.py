@@ -3,7 +3,7 @@
 Figures are drawn with matplotlib's object-oriented API on an Agg canvas of
 their own; pyplot is never imported, so the global backend a user may have
 chosen (or an interactive session) is left alone.  Every figure is encoded to
-PNG in memory and written with :func:`smoe.imageio.atomic_write_bytes`, so a
+PNG in memory and written with :func:`smoe.atomic.atomic_write_bytes`, so a
 half-written figure never appears on disk.
 """
 
@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .imageio import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .model import Model
 
 __all__ = ["plot_convergence", "draw_kernels", "ellipse_outlines"]
@@ -39,12 +39,15 @@ _GREY_CMAP = "viridis"
 
 
 # ===================================================================== shared
-def _save(fig: Figure, path) -> None:
-    """Encode ``fig`` as PNG and write it atomically."""
+def _save(fig: Figure, path) -> bytes | None:
+    """Encode ``fig`` as PNG and write it atomically; without a path, return the PNG bytes."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
+    if path is None:
+        return buffer.getvalue()
     atomic_write_bytes(path, buffer.getvalue())
+    return None
 
 
 # ================================================================ convergence
@@ -56,7 +59,7 @@ _PANELS = (  # (row, column) -> (y key, x key, y label, x label)
 )
 
 
-def plot_convergence(history, path, title: str | None = None) -> None:
+def plot_convergence(history, path=None, title: str | None = None) -> bytes | None:
     """Plot PSNR and kernel count against iterations and against time.
 
     Parameters
@@ -90,7 +93,7 @@ def plot_convergence(history, path, title: str | None = None) -> None:
         title = (f"final PSNR {columns['psnr'][-1]:.2f} dB, {int(columns['kernels'][-1])} kernels, "
                  f"{int(columns['iteration'][-1])} iterations in {columns['seconds'][-1]:.1f} s")
     fig.suptitle(title)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _history_columns(history) -> dict[str, np.ndarray]:
@@ -135,7 +138,7 @@ def ellipse_outlines(model: Model, scale: float = 1.0, points: int = OUTLINE_POI
     return mu[:, None, :] + scale * np.einsum("lij,jp->lpi", inv, circle)
 
 
-def draw_kernels(image, model: Model, path, *, max_kernels: int = 5000, scale: float = 1.0) -> None:
+def draw_kernels(image, model: Model, path=None, *, max_kernels: int = 5000, scale: float = 1.0) -> bytes | None:
     """Draw every kernel's ellipse and centre over the dimmed image.
 
     Parameters
@@ -183,7 +186,7 @@ def draw_kernels(image, model: Model, path, *, max_kernels: int = 5000, scale: f
     colour_note = "expert colour" if shown.channels == 3 else f"expert value ({_GREY_CMAP}: 0 dark, 1 bright)"
     fig.text(0.5, (1.0 + title_top) / 2, f"{note}, {scale:g}-sigma ellipses, coloured by {colour_note}",
              ha="center", va="center", fontsize=11)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _as_display_image(image) -> np.ndarray:

@@ -28,10 +28,9 @@ import torch
 from . import fused_cpu, reference
 from .model import Model, rescale
 from .tiles import TileGrid, active_kernels, bin_kernels
+from .spec import MODES, SCOPES
 from .validate import check_choice
 
-MODES = ("smoe", "rbf")
-SCOPES = ("raster", "global")
 BACKENDS = ("auto", "cpu", "torch")
 
 
@@ -103,27 +102,6 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
         return reference.rasterize_global(mu, chol, pi, experts, grid.height, grid.width,
                                           active_kernels(pi, mode), mode=mode)
     return reference.rasterize_tiles(mu, chol, pi, experts, grid, bins, mode=mode)
-
-
-def output_size(extent: tuple[int, int], *, scale: float | None = None,
-                size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Output raster ``(height, width)`` for a model fitted on an ``extent`` image.
-
-    Give either a ``scale`` factor (any positive real; sizes round to the nearest
-    pixel, at least 1) or an explicit ``size = (height, width)``; neither means
-    scale 1.
-    """
-    if scale is not None and size is not None:
-        raise ValueError("give either scale or size, not both")
-    if size is not None:
-        h, w = (int(s) for s in size)
-        if h < 1 or w < 1:
-            raise ValueError(f"output size must be positive, got {h}x{w}")
-        return h, w
-    scale = 1.0 if scale is None else float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
-    return max(1, round(extent[0] * scale)), max(1, round(extent[1] * scale))
 
 
 def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",

@@ -24,8 +24,7 @@ import torch
 from numba import njit
 
 from .model import bounding_radius
-
-TILE = 16
+from .sizes import TILE
 
 
 @dataclass(frozen=True)

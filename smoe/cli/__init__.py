@@ -25,11 +25,12 @@ import sys
 import warnings
 from typing import Callable
 
+from ..memory import is_out_of_memory
 from ..version import __version__
 from . import fitting, models, tasks
 from .options import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
-__all__ = ["main", "COMMANDS", "MAX_OUTPUT_PIXELS", "CliError"]
+__all__ = ["main", "COMMANDS", "CliError"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.debug:
                 raise
             return _report(exc)
+        except RuntimeError as exc:  # torch reports exhausted memory as a RuntimeError; anything else is a bug
+            if args.debug or not is_out_of_memory(exc):
+                raise
+            return _report(MemoryError())
 
 
 def _command_named(argv: list[str]) -> str | None:
@@ -159,9 +164,3 @@ COMMANDS: dict[str, tuple[str, Callable]] = {
     "segment": ("MDBSCAN segmentation of an image, as a picture", tasks._add_segment),
 }
 
-
-def __getattr__(name: str):
-    if name == "MAX_OUTPUT_PIXELS":  # loaded on demand: superres imports torch
-        from ..superres import MAX_OUTPUT_PIXELS
-        return MAX_OUTPUT_PIXELS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

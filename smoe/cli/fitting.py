@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
-from .guards import _check_kernel_count, _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
+from .guards import _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
 from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _key_value, _non_negative_float,
                       _positive_float, _positive_int)
 
@@ -18,7 +17,7 @@ def _add_fit(p) -> None:
                      "reconstruction, quality metrics and figures to an output directory.")
     p.epilog = ("Outputs (existing files are replaced): " + ", ".join(FIT_OUTPUTS) + ". "
                 "metrics.json holds PSNR/SSIM/MS-SSIM/LPIPS, kernel counts, timings, versions and "
-                "settings; history.csv the logged iterations.")
+                "the fit spec; history.csv the logged iterations. They appear together or not at all.")
     p.add_argument("image", nargs="?", metavar="IMAGE",
                    help="image file to fit (PNG, JPEG, TIFF, BMP; 8 or 16 bit, grey or RGB); "
                         "default: the bundled demo image (Kodak 23, 384x256)")
@@ -31,19 +30,18 @@ def _add_fit(p) -> None:
 
 def _add_fit_options(p) -> None:
     """The model and optimizer options of ``fit``, shared with ``fit-batch``."""
-    from ..fitting import FitSettings, fit
     from ..initializers import available as available_initializers
-    from ..rasterizer import MODES, SCOPES
+    from ..spec import MODES, SCOPES, FitSpec
 
-    defaults, fit_args = FitSettings(), inspect.signature(fit).parameters
-    p.add_argument("-n", "--kernels", dest="n_kernels", type=_kernel_count, default=fit_args["n_kernels"].default,
+    defaults = FitSpec()
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_kernel_count, default=defaults.n_kernels,
                    metavar="N",
                    help="initial number of kernels, at most the pixel count; 'auto' lets initializers that "
                         "choose their own count (adaptive) do so (default: %(default)s)")
-    p.add_argument("--mode", choices=MODES, default="smoe",
+    p.add_argument("--mode", choices=MODES, default=defaults.mode,
                    help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
                         "(default: %(default)s)")
-    p.add_argument("--scope", choices=SCOPES, default="raster",
+    p.add_argument("--scope", choices=SCOPES, default=defaults.scope,
                    help="'raster': each 16x16 tile sums only the kernels that reach it (fast); 'global': every "
                         "kernel acts on every pixel (cost grows with kernels x pixels) (default: %(default)s)")
     p.add_argument("--iters", type=_positive_int, default=defaults.iters, metavar="N",
@@ -62,49 +60,59 @@ def _add_fit_options(p) -> None:
     p.add_argument("--lam", type=_non_negative_float, default=defaults.lam, metavar="L",
                    help="L1 weight on the gates; > 0 prunes useless kernels (smoe mode only; try 1e-5 to 1e-4) "
                         "(default: %(default)s)")
-    p.add_argument("--init", choices=available_initializers(), default=fit_args["init"].default,
+    p.add_argument("--init", choices=available_initializers(), default=defaults.init,
                    help="where the kernels start (default: %(default)s)")
     p.add_argument("--init-option", dest="init_options", action="append", type=_key_value, default=None,
                    metavar="KEY=VALUE", help="option for the initializer, repeatable, e.g. --init-option "
                    "threshold=50 --init-option target_psnr=32 (see the initializer's docstring)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the initializer (default: %(default)s)")
 
 
 def _run_fit(args) -> int:
+    from ..atomic import write_output_folder
     from ..fitting import fit
     from ..imageio import default_image_path, read_image
-    from ..outputs import FIT_OUTPUTS, write_fit_outputs
+    from ..outputs import FIT_OUTPUTS, fit_outputs
 
-    settings = _fit_settings(args)
+    spec = _fit_spec(args)
     image_path = Path(args.image) if args.image else default_image_path()
+    if args.output == "":
+        raise CliError("-o '' names no output directory; give a folder, e.g. -o smoe-out/run1, or leave -o out")
     outdir = Path(args.output) if args.output else Path("smoe-out") / image_path.stem
     image = read_image(image_path)
     h, w = image.shape[:2]
-    _check_kernel_count(args.n_kernels, h, w, image_path)
-    with _removed_on_failure(_prepare_outdir(outdir, FIT_OUTPUTS)):
+    _validate_for(spec, image.shape, image_path)
+    # The folder itself is made by the final rename, so that every output appears at once.
+    with _removed_on_failure(_prepare_outdir(outdir, FIT_OUTPUTS, create=False)):
         if not args.quiet:
             colour = "RGB" if image.ndim == 3 else "grey"
-            print(f"fitting {args.n_kernels or 'auto'} kernels ({args.mode}, {args.scope}, init {args.init}) to "
+            print(f"fitting {spec.n_kernels or 'auto'} kernels ({spec.mode}, {spec.scope}, init {spec.init}) to "
                   f"{image_path} ({w}x{h} {colour})")
-        result = fit(image, args.n_kernels, mode=args.mode, scope=args.scope, init=args.init, seed=args.seed,
-                     init_options=dict(args.init_options or ()), quiet=args.quiet, **settings)
-        report = write_fit_outputs(outdir, image_path, image, result)
+        result = fit(image, spec=spec, quiet=args.quiet)
+        files, report = fit_outputs(result.fitted, image, result.history, image_path=image_path,
+                                    run=result.run_facts())
+        write_output_folder(outdir, files)
     if not args.quiet:
         _print_fit_summary(report, outdir)
     return EXIT_OK
 
 
-def _fit_settings(args) -> dict:
-    """FitSettings fields from the options, validated before any file is touched."""
-    from ..fitting import FitSettings
+def _fit_spec(args):
+    """The fit spec the options give, validated before any file is touched."""
+    from ..spec import FitSpec
 
-    if args.mode == "rbf" and args.lam > 0:
-        raise CliError("--lam > 0 needs --mode smoe (RBF kernels have no gates to sparsify); drop --lam or use "
-                       "--mode smoe")
-    settings = {"iters": args.iters, "lam": args.lam, "target_psnr": args.target_psnr,
-                "target_corr": args.target_corr, "time_budget": args.time_budget, "tol": args.tol}
-    FitSettings(**settings).validate()
-    return settings
+    return FitSpec(n_kernels=args.n_kernels, mode=args.mode, scope=args.scope, init=args.init,
+                   init_options=dict(args.init_options or ()), seed=args.seed, iters=args.iters, lam=args.lam,
+                   target_psnr=args.target_psnr, target_corr=args.target_corr, time_budget=args.time_budget,
+                   tol=args.tol).validate()
+
+
+def _validate_for(spec, shape, path) -> None:
+    """The rules that need the image (kernels <= pixels), with its name in the message."""
+    try:
+        spec.validate(shape)
+    except ValueError as exc:
+        raise CliError(f"{path} ({shape[1]}x{shape[0]} pixels): {exc}") from exc
 
 
 def _print_fit_summary(report: dict, outdir: Path) -> None:
@@ -163,18 +171,18 @@ def _run_fit_batch(args) -> int:
     from ..batch import BATCH_FILES, BatchError, fit_batch
     from ..executor import ExecutorError
 
-    settings = _fit_settings(args)
+    spec = _fit_spec(args)
     if args.scheduler is not None and args.workers is not None:
         raise CliError("--workers starts local workers and --scheduler uses a cluster's own; give only one of them")
     if args.scheduler is not None and args.backend not in ("auto", "dask"):
         raise CliError(f"--scheduler needs the dask backend; drop --backend {args.backend}")
-    options = {"n_kernels": args.n_kernels, "mode": args.mode, "scope": args.scope, "init": args.init,
-               "seed": args.seed, "init_options": dict(args.init_options or ()), **settings}
+    if args.output == "":
+        raise CliError("-o '' names no output folder; give one, e.g. -o smoe-out, or leave -o out")
     outdir = Path(args.output)
     with _removed_on_failure(_prepare_outdir(outdir, BATCH_FILES)):
         try:
             with _sigterm_as_interrupt():
-                result = fit_batch(args.inputs, outdir, options=options, workers=args.workers or "auto",
+                result = fit_batch(args.inputs, outdir, options=spec, workers=args.workers or "auto",
                                    scheduler=args.scheduler, threads_per_worker=args.threads, backend=args.backend,
                                    quiet=args.quiet)
         except (BatchError, ExecutorError) as exc:

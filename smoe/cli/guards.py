@@ -36,13 +36,7 @@ def _removed_on_failure(created: list[Path]):
         raise
 
 
-def _check_kernel_count(n_kernels: int | None, h: int, w: int, path) -> None:
-    if n_kernels is not None and n_kernels > h * w:
-        raise CliError(f"-n {n_kernels} is more kernels than the {h * w} pixels of {path} ({w}x{h}); "
-                       f"use -n {h * w} or fewer")
-
-
-def _prepare_outdir(outdir: Path, names=()) -> list[Path]:
+def _prepare_outdir(outdir: Path, names=(), *, create: bool = True) -> list[Path]:
     """Create ``outdir`` and prove a file can be written in it, before any long computation.
 
     Parameters
@@ -50,6 +44,10 @@ def _prepare_outdir(outdir: Path, names=()) -> list[Path]:
     outdir : Path
     names : iterable of str
         Files that will be written there; none may be an existing directory.
+    create : bool
+        False removes ``outdir`` again after the check if this call made it
+        (its parents stay): :func:`smoe.atomic.write_output_folder` then makes
+        it by renaming a complete folder.
 
     Returns
     -------
@@ -71,6 +69,8 @@ def _prepare_outdir(outdir: Path, names=()) -> list[Path]:
         if (outdir / name).is_dir():
             _remove_empty(created)
             raise CliError(f"{outdir / name} is a directory; remove it or choose another output directory with -o")
+    if not create and outdir in created:
+        outdir.rmdir()
     return created
 
 

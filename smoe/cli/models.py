@@ -12,6 +12,7 @@ from .options import EXIT_OK, CliError, _positive_float, _size
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..fitted import FittedModel
     from ..model import Model
 
 
@@ -28,8 +29,8 @@ def _quality_lines(q: dict) -> list[str]:
 
 # =============================================================== render
 def _add_render(p) -> None:
-    from ..superres import MAX_OUTPUT_PIXELS
-    from ..rasterizer import SCOPES
+    from ..sizes import MAX_OUTPUT_PIXELS
+    from ..spec import SCOPES
 
     p.description = ("Render a model file to an image. The model is continuous, so any output size "
                      "works: the raster covers the area of the image it was fitted on.")
@@ -51,26 +52,20 @@ def _add_render(p) -> None:
 
 
 def _run_render(args) -> int:
-    import torch
+    import dataclasses
+
     from ..imageio import write_image
     from ..modelfile import load_model
-    from ..rasterizer import output_size, render
-    from ..superres import MAX_OUTPUT_PIXELS
+    from ..sizes import output_size
 
-    model, meta = load_model(args.model)
-    extent = (meta["height"], meta["width"])
-    h, w = output_size(extent, scale=args.scale, size=args.size)
-    if h * w > MAX_OUTPUT_PIXELS:
-        raise CliError(f"output of {w}x{h} = {h * w / 1e6:.0f} megapixels exceeds the limit of "
-                       f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels; use a smaller --scale or --size")
-    scope = args.scope or meta["scope"]
+    fitted = load_model(args.model)
+    if args.scope:
+        fitted = dataclasses.replace(fitted, scope=args.scope)
+    h, w = output_size(fitted.frame, scale=args.scale, size=args.size)  # refused here, before any file
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
-        with torch.no_grad():
-            pixels = render(model, h, w, mode=meta["mode"], scope=scope, extent=extent,
-                            sharpen=args.sharpen or 1.0)
-        write_image(out, pixels)
-    print(f"wrote {out} ({w}x{h}, {len(model)} kernels, {meta['mode']}/{scope})")
+        write_image(out, fitted.render(size=(h, w), sharpen=args.sharpen or 1.0))
+    print(f"wrote {out} ({w}x{h}, {len(fitted.model)} kernels, {fitted.mode}/{fitted.scope})")
     return EXIT_OK
 
 
@@ -118,10 +113,10 @@ def _add_info(p) -> None:
 
 
 def _run_info(args) -> int:
-    from ..modelfile import load_model
+    from ..modelfile import read_model_file
 
-    model, meta = load_model(args.model)
-    facts = _model_facts(model, meta)
+    fitted, meta = read_model_file(args.model)
+    facts = _model_facts(fitted, meta)
     if args.json:
         print(json.dumps(facts, indent=2))
         return EXIT_OK
@@ -130,7 +125,7 @@ def _run_info(args) -> int:
         ("file", args.model),
         ("kernels", facts["kernels"]),
         ("channels", f"{facts['channels']} ({'RGB' if facts['channels'] == 3 else 'grey'})"),
-        ("mode / scope", f"{facts['mode']} / {facts['scope']}"),
+        ("mode / scope", f"{facts['mode']} / {facts['scope']}, tile offset {tuple(facts['tile_offset'])}"),
         ("fitted on", f"{facts['width']}x{facts['height']} pixels"),
         ("format", f"{meta['format']} version {facts['format_version']}, {facts['dtype']}, "
                    f"written by smoe {facts['smoe_version']}"),
@@ -141,23 +136,32 @@ def _run_info(args) -> int:
     ]
     for name, value in rows:
         print(f"{name:<13} {value}")
-    print("settings" + ("      (none stored)" if not facts["settings"] else ""))
-    for key, value in sorted(facts["settings"].items()):
+    title = "fit spec" if meta["format_version"] > 1 else "settings"
+    print(title + ("      (none stored)" if not facts["settings"] else ""))
+    for key, value in facts["settings"].items():
         print(f"  {key:<17} {value}")
     return EXIT_OK
 
 
-def _model_facts(model: Model, meta: dict) -> dict:
-    from ..rasterizer import kernels_per_tile
-
-    h, w = meta["height"], meta["width"]
+def _model_facts(fitted: FittedModel, meta: dict) -> dict:
+    model = fitted.model
+    spec = fitted.spec
     return {
-        "kernels": len(model), "channels": model.channels, "mode": meta["mode"], "scope": meta["scope"],
-        "height": h, "width": w, "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
+        "kernels": len(model), "channels": model.channels, "mode": fitted.mode, "scope": fitted.scope,
+        "height": fitted.height, "width": fitted.width, "tile_offset": list(fitted.tile_offset),
+        "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
         "dtype": str(model.dtype).replace("torch.", ""),
-        "kernels_per_tile": kernels_per_tile(model, h, w, mode=meta["mode"]),
-        "bandwidth_px": _bandwidth(model), "settings": meta["settings"],
+        "kernels_per_tile": _raster_kernels(fitted),
+        "bandwidth_px": _bandwidth(model),
+        "settings": spec.to_dict() if spec is not None else dict(sorted(meta.get("settings", {}).items())),
     }
+
+
+def _raster_kernels(fitted: FittedModel) -> float:
+    """Mean kernels per 16 x 16 tile at the fitted size, also for a global-scope model (as if rasterized)."""
+    import dataclasses
+
+    return dataclasses.replace(fitted, scope="raster").kernels_per_tile()
 
 
 def _bandwidth(model: Model) -> dict | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .guards import _check_kernel_count, _prepare_output_file, _removed_on_failure, _sigterm_as_interrupt
+from .guards import _prepare_output_file, _removed_on_failure, _sigterm_as_interrupt
 from .options import EXIT_OK, CliError, _non_negative_float, _non_negative_int, _positive_float, _positive_int, _size
 
 
@@ -50,7 +50,7 @@ def _add_denoise(p) -> None:
                         "default kernel count and when the colour models stop (default: estimated from the image)")
     p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
                    help=f"initial kernels per model (default: one per {round(1 / dn.DEFAULT_DENSITY)} pixels)")
-    p.add_argument("--iters", type=_positive_int, default=dn.DEFAULT_ITERS, metavar="N",
+    p.add_argument("--iters", type=_positive_int, default=dn.PRESET.iters, metavar="N",
                    help="most gradient steps per model; many more start to reproduce the noise (default: %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="models fitted at the same time, one thread each (default: one per core, at most one per "
@@ -63,11 +63,12 @@ def _add_denoise(p) -> None:
 
 
 def _run_denoise(args) -> int:
-    from ..denoising import MAX_MODELS, default_kernels, denoise, shift_offsets
+    from ..denoising import MAX_MODELS, denoise, kernel_density, shift_offsets
     from ..executor import ExecutorError, available_cores
     from ..imageio import read_image, write_image
     from ..initializers.segment import check_area_power
     from ..noise import estimate_noise
+    from ..spec import kernel_budget
 
     if args.sigma is not None and args.sigma > 1:
         raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
@@ -89,8 +90,7 @@ def _run_denoise(args) -> int:
     except ValueError as exc:
         raise CliError(f"{args.noisy} ({w}x{h} pixels) is too small to estimate its noise level; give it with "
                        "--sigma") from exc
-    n_kernels = args.n_kernels or default_kernels(h, w, sigma)
-    _check_kernel_count(n_kernels, h, w, args.noisy)
+    n_kernels = args.n_kernels or kernel_budget(h, w, kernel_density(sigma))
     out = Path(args.output)
     start = time.perf_counter()
     with _removed_on_failure(_prepare_output_file(out)):
@@ -121,7 +121,7 @@ def _add_upscale(p) -> None:
     from .. import superres as sr
     from ..initializers import available as available_initializers
     from ..rasterizer import MODES
-    from ..superres import MAX_OUTPUT_PIXELS
+    from ..sizes import MAX_OUTPUT_PIXELS
 
     p.description = ("Fit a model to an image and render it on a finer pixel raster covering the same "
                      "area; --sharpen below 1 narrows every kernel for crisper edges.")
@@ -139,11 +139,11 @@ def _add_upscale(p) -> None:
     p.add_argument("-n", "--kernels", dest="n_kernels", type=_positive_int, default=None, metavar="N",
                    help=f"initial kernels, at most the pixel count (default: {sr.DEFAULT_DENSITY:g} per input "
                         "pixel)")
-    p.add_argument("--iters", type=_positive_int, default=sr.DEFAULT_ITERS, metavar="N",
+    p.add_argument("--iters", type=_positive_int, default=sr.PRESET.iters, metavar="N",
                    help="gradient steps of the fit (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="smoe",
                    help="regression function: 'smoe' gated mixture, 'rbf' sum of Gaussians (default: %(default)s)")
-    p.add_argument("--init", choices=available_initializers(), default=sr.DEFAULT_INIT,
+    p.add_argument("--init", choices=available_initializers(), default=sr.PRESET.init,
                    help="where the kernels start (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initializer (default: %(default)s)")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
@@ -154,20 +154,21 @@ def _add_upscale(p) -> None:
 
 def _run_upscale(args) -> int:
     from ..imageio import read_image, write_image
-    from ..superres import default_kernels, target_size, upscale
+    from ..sizes import output_size
+    from ..superres import upscale
 
     image = read_image(args.image)
     h, w = image.shape[:2]
-    out_h, out_w = target_size((h, w), scale=args.scale, size=args.size)
-    n_kernels = args.n_kernels or default_kernels(h, w)
-    _check_kernel_count(n_kernels, h, w, args.image)
+    output_size((h, w), scale=args.scale, size=args.size)  # a size past the limit fails before any file
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
-        big = upscale(image, size=(out_h, out_w), sharpen=args.sharpen, n_kernels=n_kernels, mode=args.mode,
-                      iters=args.iters, init=args.init, seed=args.seed, quiet=args.quiet)
+        big, result = upscale(image, scale=args.scale, size=args.size, sharpen=args.sharpen,
+                              n_kernels=args.n_kernels, mode=args.mode, iters=args.iters, init=args.init,
+                              seed=args.seed, quiet=args.quiet, return_model=True)
         write_image(out, big)
     if not args.quiet:
-        print(f"wrote {out} ({out_w}x{out_h} from {w}x{h}, {n_kernels} kernels, {args.mode})")
+        print(f"wrote {out} ({big.shape[1]}x{big.shape[0]} from {w}x{h}, {result.spec.n_kernels} kernels, "
+              f"{args.mode})")
     return EXIT_OK
 
 
