@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoe import render
+from smoe.rasterizer import render
 from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, default_kernels,
                             denoise, shift_offsets)
 from smoe.noise import add_noise, estimate_noise
@@ -256,7 +256,7 @@ def test_a_met_stop_rule_ends_the_fits_early(noisy, monkeypatch):
         assert result.stop_reason == "target_psnr" and result.extras["returned_steps"] <= 10
     # Any residual's neighbour correlation is at most 1.
     for _, result in _spied_fits(monkeypatch, noisy, iters=200, chroma_models=0, stop_corr=1.0):
-        assert result.stop_reason == "target_corr" and result.settings["iterations"] == 10
+        assert result.stop_reason == "target_corr" and result.iterations == 10
     for _, result in _spied_fits(monkeypatch, noisy, iters=30, chroma_models=0, stop_corr=-1.0):
         assert result.stop_reason == "iterations"
     for _, result in _spied_fits(monkeypatch, noisy, iters=30, sigma=0.5, stop_corr=None, stop_factor=None):

@@ -25,8 +25,8 @@ def test_psnr_rises(mode, scope):
     res = fit(img, 60, mode=mode, scope=scope, iters=60, log_every=10)
     psnrs = [r["psnr"] for r in res.history]
     assert psnrs[-1] > psnrs[0] + 2
-    assert res.stop_reason == "iterations" and res.settings["iterations"] == 60
-    recon = smoe.render(res.model, 40, 52, mode=mode, scope=scope).numpy()
+    assert res.stop_reason == "iterations" and res.iterations == 60
+    recon = smoe.rasterizer.render(res.model, 40, 52, mode=mode, scope=scope).numpy()
     assert abs(smoe.metrics.psnr(img, recon) - res.final_psnr) < 1e-3
 
 
@@ -71,16 +71,16 @@ def test_returns_the_lowest_loss_iterate():
     assert 0 <= steps <= 40
     if steps < 40:
         assert res.final_psnr == pytest.approx(res.history[steps]["psnr"], abs=1e-4)
-    rendered = smoe.render(res.model, *img.shape[:2]).numpy()
+    rendered = smoe.rasterizer.render(res.model, *img.shape[:2]).numpy()
     assert -10 * np.log10(np.mean((rendered - img) ** 2)) == pytest.approx(res.final_psnr, abs=1e-3)
 
 
 def test_stopping_rules():
     img = blobs_image()
     early = fit(img, 60, iters=300, target_psnr=20.0)
-    assert early.stop_reason == "target_psnr" and early.settings["iterations"] < 300
+    assert early.stop_reason == "target_psnr" and early.iterations < 300
     plateau = fit(img, 60, iters=400, tol=0.05, log_every=10)
-    assert plateau.stop_reason == "plateau" and plateau.settings["iterations"] < 400
+    assert plateau.stop_reason == "plateau" and plateau.iterations < 400
     budget = fit(img, 60, iters=100000, time_budget=0.5)
     assert budget.stop_reason == "time_budget"
 
@@ -89,7 +89,7 @@ def test_the_correlation_rule_stops_at_the_first_log_point_at_or_below_its_targe
     noisy = np.clip(blobs_image() + np.random.default_rng(0).normal(0, 0.05, (40, 52, 3)), 0, 1).astype(np.float32)
     result = fit(noisy, 60, iters=300, target_corr=0.0, log_every=10)
     corr = [rec["residual_corr"] for rec in result.history]
-    assert result.stop_reason == "target_corr" and result.settings["iterations"] == 10 * len(corr) < 300
+    assert result.stop_reason == "target_corr" and result.iterations == 10 * len(corr) < 300
     assert corr[-1] <= 0.0 < min(corr[:-1])
 
 
@@ -129,7 +129,7 @@ def test_fit_from_model_and_callback():
     seen = []
     res = fit(img, init=start, iters=20, log_every=5, callback=seen.append)
     assert [r["iteration"] for r in seen] == [5, 10, 15, 20]
-    assert res.settings["init"] == "model"
+    assert res.spec.init == "model"
 
 
 @pytest.mark.parametrize("kwargs,message", [

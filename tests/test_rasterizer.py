@@ -19,7 +19,7 @@ SCOPES = ("raster", "global")
 
 
 def render_both(model, h, w, **kw):
-    return [smoe.render(model, h, w, backend=b, **kw) for b in ("cpu", "torch")]
+    return [smoe.rasterizer.render(model, h, w, backend=b, **kw) for b in ("cpu", "torch")]
 
 
 def grads(model, h, w, backend, weight, **kw):
@@ -48,7 +48,7 @@ def test_tile_offset_parity_and_effect(offset):
     assert (fast - ref).abs().max() < 1e-5
     # Tiles truncate each kernel's reach, so moving the grid changes the image a little.
     if offset != (0, 0):
-        base = smoe.render(model, 45, 61)
+        base = smoe.rasterizer.render(model, 45, 61)
         assert 0 < (fast - base).abs().max() < 0.2
 
 
@@ -121,7 +121,7 @@ def test_kernels_outside_image_and_unreached_pixels():
         assert torch.isfinite(fast).all() and torch.isfinite(ref).all()
         assert (fast - ref).abs().max() < 1e-5
         assert fast[20, 20].abs().max() == 0  # beyond every kernel's reach (raster) or underflowed (global)
-    smoe_img = smoe.render(model, 40, 40)
+    smoe_img = smoe.rasterizer.render(model, 40, 40)
     assert torch.allclose(smoe_img[4, 4], torch.tensor([0.2, 0.4, 0.6]), atol=1e-6)
 
 
@@ -181,10 +181,10 @@ def test_skipping_kernels_that_underflow_in_a_tile_changes_no_bit(monkeypatch):
     weight = torch.randn(48, 64, 3, generator=torch.Generator().manual_seed(1))
     for mode, sharpen in (("smoe", None), ("rbf", None), ("smoe", 0.5)):
         kw = {"mode": mode} if sharpen is None else {"sharpen": sharpen}
-        skipped = smoe.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
+        skipped = smoe.rasterizer.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
         with monkeypatch.context() as m:
             m.setattr(fused_cpu, "underflow_q", lambda dtype: math.inf)
-            full = smoe.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
+            full = smoe.rasterizer.render(model, 48, 64, **kw), grads(model, 48, 64, "cpu", weight, mode=mode)
         assert torch.equal(skipped[0], full[0])
         assert all(torch.equal(a, b) for a, b in zip(skipped[1], full[1]))
 
@@ -203,9 +203,9 @@ def test_pruned_kernels_are_ignored_in_smoe():
     pi[1] = 0.0
     dead = Model(model.mu, model.chol, pi, model.experts)
     for scope in SCOPES:
-        img = smoe.render(dead, 30, 30, scope=scope)
-        assert torch.equal(img, smoe.render(dead.pruned(), 30, 30, scope=scope))
-        ref = smoe.render(dead, 30, 30, scope=scope, backend="torch")
+        img = smoe.rasterizer.render(dead, 30, 30, scope=scope)
+        assert torch.equal(img, smoe.rasterizer.render(dead.pruned(), 30, 30, scope=scope))
+        ref = smoe.rasterizer.render(dead, 30, 30, scope=scope, backend="torch")
         assert (img - ref).abs().max() < 1e-5
     weight = torch.ones(30, 30, 3)
     g = grads(dead, 30, 30, "cpu", weight)
@@ -215,22 +215,22 @@ def test_pruned_kernels_are_ignored_in_smoe():
 def test_global_scope_is_the_untruncated_mixture():
     # With kernels far larger than the image, raster and global agree: every kernel reaches every tile.
     model = random_model(10, 32, 48, scale=(0.01, 0.02))
-    assert torch.allclose(smoe.render(model, 32, 48, scope="raster"), smoe.render(model, 32, 48, scope="global"),
+    assert torch.allclose(smoe.rasterizer.render(model, 32, 48, scope="raster"), smoe.rasterizer.render(model, 32, 48, scope="global"),
                           atol=1e-6)
 
 
 def test_render_at_other_resolution():
     model = random_model(30, 24, 32, scale=(0.2, 0.4), seed=7)
-    base = smoe.render(model, 24, 32, scope="global")
-    same = smoe.render(model, 24, 32, extent=(24, 32), scope="global")
+    base = smoe.rasterizer.render(model, 24, 32, scope="global")
+    same = smoe.rasterizer.render(model, 24, 32, extent=(24, 32), scope="global")
     assert torch.equal(base, same)
-    big = smoe.render(model, 48, 64, extent=(24, 32), scope="global")
+    big = smoe.rasterizer.render(model, 48, 64, extent=(24, 32), scope="global")
     # The centre of every 2x2 block of the big raster is the old pixel centre: the
     # mean of the four samples approximates the old pixel value.
     pooled = big.reshape(24, 2, 32, 2, 3).mean((1, 3))
     assert (pooled - base).abs().mean() < 0.01
     # An explicit stretch to the new raster gives the same picture.
-    stretched = smoe.render(model.rescaled(2.0, 2.0), 48, 64, scope="global")
+    stretched = smoe.rasterizer.render(model.rescaled(2.0, 2.0), 48, 64, scope="global")
     assert torch.allclose(big, stretched)
     assert smoe.output_size((24, 32), scale=2.5) == (60, 80)
 
@@ -238,13 +238,13 @@ def test_render_at_other_resolution():
 def test_bad_arguments():
     model = random_model(5, 10, 10)
     with pytest.raises(ValueError, match="mode"):
-        smoe.render(model, 10, 10, mode="gauss")
+        smoe.rasterizer.render(model, 10, 10, mode="gauss")
     with pytest.raises(ValueError, match="scope"):
-        smoe.render(model, 10, 10, scope="tiles")
+        smoe.rasterizer.render(model, 10, 10, scope="tiles")
     with pytest.raises(ValueError, match="tile offset"):
-        smoe.render(model, 10, 10, tile_offset=(16, 0))
+        smoe.rasterizer.render(model, 10, 10, tile_offset=(16, 0))
     with pytest.raises(ValueError, match="image size"):
-        smoe.render(model, 0, 10)
+        smoe.rasterizer.render(model, 0, 10)
     with pytest.raises(ValueError, match="scale"):
         smoe.output_size((10, 10), scale=-1)
 
@@ -313,15 +313,15 @@ def brute_force(model, height, width, extent, offset=(0, 0)):
 def test_any_output_raster_samples_the_fitted_function(size, offset):
     extent = (20, 28)
     model = random_model(25, *extent, scale=(0.15, 0.6), seed=11)
-    fast = smoe.render(model, *size, extent=extent, tile_offset=offset)
-    ref = smoe.render(model, *size, extent=extent, tile_offset=offset, backend="torch")
+    fast = smoe.rasterizer.render(model, *size, extent=extent, tile_offset=offset)
+    ref = smoe.rasterizer.render(model, *size, extent=extent, tile_offset=offset, backend="torch")
     assert (fast - ref).abs().max() < 1e-5
     assert (fast.double() - brute_force(model, *size, extent, offset)).abs().max() < 1e-5
 
 
 def test_scale_one_extent_is_the_plain_render_and_gradients_hold_at_scale():
     model = random_model(30, 24, 32, seed=8)
-    assert torch.equal(smoe.render(model, 24, 32), smoe.render(model, 24, 32, extent=(24, 32)))
+    assert torch.equal(smoe.rasterizer.render(model, 24, 32), smoe.rasterizer.render(model, 24, 32, extent=(24, 32)))
     weight = torch.randn(60, 80, 3, generator=torch.Generator().manual_seed(1))
     a = grads(model, 60, 80, "cpu", weight, extent=(24, 32))
     b = grads(model, 60, 80, "torch", weight, extent=(24, 32))
@@ -331,8 +331,8 @@ def test_scale_one_extent_is_the_plain_render_and_gradients_hold_at_scale():
 
 def test_sharpening_keeps_the_fitted_tile_lists():
     model = random_model(30, 32, 32, scale=(0.1, 0.2), seed=2)
-    sharp = smoe.render(model, 32, 32, sharpen=0.5)
-    ref = smoe.render(model, 32, 32, sharpen=0.5, backend="torch")
+    sharp = smoe.rasterizer.render(model, 32, 32, sharpen=0.5)
+    ref = smoe.rasterizer.render(model, 32, 32, sharpen=0.5, backend="torch")
     assert (sharp - ref).abs().max() < 1e-5
     # Same kernel lists as the unedited model, narrower kernels: the result equals a
     # brute-force blend of the fitted lists with B / f.
@@ -341,6 +341,6 @@ def test_sharpening_keeps_the_fitted_tile_lists():
     bins = bin_kernels(model.mu, model.chol, model.pi, grid)
     from smoe.fused_cpu import rasterize_cpu
     assert torch.allclose(sharp, rasterize_cpu(edited.mu, edited.chol, edited.pi, edited.experts, grid, bins))
-    assert not torch.allclose(sharp, smoe.render(model, 32, 32))
+    assert not torch.allclose(sharp, smoe.rasterizer.render(model, 32, 32))
     with pytest.raises(ValueError, match="sharpen"):
-        smoe.render(model, 32, 32, sharpen=0)
+        smoe.rasterizer.render(model, 32, 32, sharpen=0)

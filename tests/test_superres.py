@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import smoe.superres as sr
-from smoe import Model, render
+from smoe import Model
+from smoe.rasterizer import render
 from smoe.cli import main
 from smoe.imageio import read_image, write_image
-from smoe.superres import MAX_OUTPUT_PIXELS, target_size, upscale
+from smoe.sizes import MAX_OUTPUT_PIXELS, output_size
+from smoe.superres import upscale
 
 H, W = 48, 64
 FAST = {"n_kernels": 300, "iters": 15}
@@ -63,7 +65,7 @@ def test_upscaled_content_keeps_its_place():
 
 @pytest.mark.parametrize("scale, shape", [(2.5, (120, 160)), (0.5, (24, 32)), (1.3, (62, 83)), (3, (144, 192))])
 def test_any_real_scale(scale, shape):
-    assert target_size((H, W), scale=scale) == shape
+    assert output_size((H, W), scale=scale) == shape
     assert upscale(_image(), scale, n_kernels=50, iters=3).shape == (*shape, 3)
 
 
@@ -104,11 +106,11 @@ def test_bad_arguments_fail_before_fitting(kwargs, match, monkeypatch):
 
 def test_cli_render_refuses_outputs_past_the_pixel_limit(tmp_path, capsys, monkeypatch):
     import smoe.rasterizer
+    from smoe.fitted import FittedModel
     from smoe.modelfile import save_model
 
     model_file = tmp_path / "m.smoe.npz"
-    save_model(model_file, Model([[3.0, 2.0]], [[0.5, 0.0, 0.5]], [1.0], [[0.2, 0.4, 0.6]]),
-               mode="smoe", scope="raster", height=4, width=6)
+    save_model(model_file, FittedModel(Model([[3.0, 2.0]], [[0.5, 0.0, 0.5]], [1.0], [[0.2, 0.4, 0.6]]), (4, 6)))
     # One row more than a 10 000-wide raster of exactly the limit: W x H = limit + W, just past it.
     width = 10_000
     height = MAX_OUTPUT_PIXELS // width + 1
