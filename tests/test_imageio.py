@@ -12,8 +12,7 @@ from PIL import Image, ImageOps
 from smoe.imageio import (
     LUMA_BT601,
     ImageError,
-    atomic_write,
-    atomic_write_bytes,
+    encode_image,
     default_image_path,
     read_image,
     write_image,
@@ -341,49 +340,12 @@ def test_write_bad_bits_refused(tmp_path):
         write_image(tmp_path / "x.png", _random_image((4, 4)), bits=12)
 
 
-# ------------------------------------------------------------- atomic write
-def test_atomic_write_replaces(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old")
-    with atomic_write(target) as handle:
-        handle.write(b"new")
-        assert target.read_bytes() == b"old"  # invisible until the body is done
-    assert target.read_bytes() == b"new"
-    assert os.listdir(tmp_path) == ["out.bin"]
-
-
-def test_atomic_write_text(tmp_path):
-    with atomic_write(tmp_path / "t.txt", "w") as handle:
-        handle.write("grüße\n")
-    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "grüße\n"
-
-
-def test_atomic_write_failure_keeps_old_content(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as handle:
-            handle.write(b"half")
-            raise RuntimeError("boom")
-    assert target.read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["out.bin"]
-
-
-def test_atomic_write_failure_creates_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_write(tmp_path / "new.bin") as handle:
-            handle.write(b"half")
-            raise RuntimeError("boom")
-    assert os.listdir(tmp_path) == []
-
-
-def test_atomic_write_keeps_permissions(tmp_path):
-    target = tmp_path / "p.bin"
-    target.write_bytes(b"old")
-    os.chmod(target, 0o640)
-    atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert (os.stat(target).st_mode & 0o777) == 0o640
+def test_encode_image_matches_the_written_file(tmp_path):
+    image = _random_image((9, 7, 3))
+    write_image(tmp_path / "a.png", image)
+    assert encode_image(image, ".png") == (tmp_path / "a.png").read_bytes()
+    with pytest.raises(ImageError, match="unknown image suffix"):
+        encode_image(image, "x.xyz")
 
 
 # --------------------------------------------------------------- demo image

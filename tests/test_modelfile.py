@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import smoe
+from smoe.fitted import FittedModel
 from smoe.model import Model
-from smoe.modelfile import FORMAT_VERSION, ModelFileError, load_model, save_model
+from smoe.modelfile import FORMAT_VERSION, ModelFileError, load_model, read_model_file, save_model
+from smoe.spec import FitSpec
 
 HEIGHT, WIDTH = 40, 50
 
@@ -23,11 +25,17 @@ def _random_model(n_kernels=30, channels=3, dtype=torch.float32, seed=0):
     return model.to(dtype=dtype)
 
 
+def _save(path, model, *, mode="smoe", scope="raster", height=8, width=9, spec=None):
+    save_model(path, FittedModel(model, (height, width), mode, scope, spec=spec))
+
+
+SPEC = FitSpec(n_kernels=30, iters=100, lr_mu=0.02)
+
+
 @pytest.fixture
 def model_path(tmp_path):
     path = tmp_path / "model.npz"
-    save_model(path, _random_model(), mode="smoe", scope="raster", height=HEIGHT, width=WIDTH,
-               settings={"iterations": 100, "lr": 0.01})
+    _save(path, _random_model(), height=HEIGHT, width=WIDTH, spec=SPEC)
     return path
 
 
@@ -55,28 +63,28 @@ def _rewrite(path, arrays, meta=None, **kwargs):
 @pytest.mark.parametrize("scope", ["raster", "global"])
 def test_round_trip_renders_identically(tmp_path, mode, scope):
     model = _random_model()
-    save_model(tmp_path / "m.npz", model, mode=mode, scope=scope, height=HEIGHT, width=WIDTH)
-    loaded, meta = load_model(tmp_path / "m.npz")
-    assert (meta["mode"], meta["scope"], meta["height"], meta["width"]) == (mode, scope, HEIGHT, WIDTH)
-    expected = smoe.render(model, HEIGHT, WIDTH, mode=mode, scope=scope)
-    assert torch.equal(smoe.render(loaded, HEIGHT, WIDTH, mode=mode, scope=scope), expected)
+    _save(tmp_path / "m.npz", model, mode=mode, scope=scope, height=HEIGHT, width=WIDTH)
+    loaded = load_model(tmp_path / "m.npz")
+    assert (loaded.mode, loaded.scope, loaded.frame) == (mode, scope, (HEIGHT, WIDTH))
+    expected = smoe.rasterizer.render(model, HEIGHT, WIDTH, mode=mode, scope=scope).numpy()
+    assert np.array_equal(smoe.render(loaded), expected)
 
 
 def test_round_trip_preserves_arrays_and_meta(model_path):
-    loaded, meta = load_model(model_path)
+    fitted, meta = read_model_file(model_path)
     original = _random_model().numpy()
-    for name, array in loaded.numpy().items():
+    for name, array in fitted.model.numpy().items():
         assert array.dtype == np.float32
         assert np.array_equal(array, original[name])
     assert meta["format"] == "smoe-model" and meta["format_version"] == FORMAT_VERSION
     assert meta["channels"] == 3 and meta["smoe_version"] == smoe.__version__
-    assert meta["settings"] == {"iterations": 100, "lr": 0.01}
+    assert meta["spec"] == SPEC.to_dict() and fitted.spec == SPEC
 
 
 def test_float64_preserved(tmp_path):
     model = _random_model(dtype=torch.float64)
-    save_model(tmp_path / "m.npz", model, mode="rbf", scope="global", height=HEIGHT, width=WIDTH)
-    loaded, _ = load_model(tmp_path / "m.npz")
+    _save(tmp_path / "m.npz", model, mode="rbf", scope="global", height=HEIGHT, width=WIDTH)
+    loaded = load_model(tmp_path / "m.npz").model
     assert loaded.dtype == torch.float64
     for name in ("mu", "chol", "pi", "experts"):
         assert torch.equal(getattr(loaded, name), getattr(model, name))
@@ -84,32 +92,31 @@ def test_float64_preserved(tmp_path):
 
 def test_grey_and_empty_models(tmp_path):
     for model in (_random_model(channels=1), Model.empty(channels=1), Model.empty(channels=3)):
-        save_model(tmp_path / "m.npz", model, mode="smoe", scope="raster", height=8, width=9)
-        loaded, meta = load_model(tmp_path / "m.npz")
-        assert len(loaded) == len(model) and loaded.channels == model.channels == meta["channels"]
+        _save(tmp_path / "m.npz", model)
+        loaded, meta = read_model_file(tmp_path / "m.npz")
+        assert len(loaded.model) == len(model) and loaded.model.channels == model.channels == meta["channels"]
 
 
-def test_settings_with_numpy_values(tmp_path):
-    settings = {"lr": np.float32(0.5), "sizes": np.arange(3), "steps": np.int64(7), "tags": ("a", "b")}
-    save_model(tmp_path / "m.npz", _random_model(), mode="smoe", scope="raster", height=8, width=9,
-               settings=settings)
-    _, meta = load_model(tmp_path / "m.npz")
-    assert meta["settings"] == {"lr": 0.5, "sizes": [0, 1, 2], "steps": 7, "tags": ["a", "b"]}
+def test_spec_with_numpy_values(tmp_path):
+    spec = FitSpec(lr_mu=np.float32(0.5), seed=np.int64(7), init_options={"tags": ("a", "b"), "k": np.int32(3)})
+    _save(tmp_path / "m.npz", _random_model(), spec=spec)
+    _, meta = read_model_file(tmp_path / "m.npz")
+    assert (meta["spec"]["lr_mu"], meta["spec"]["seed"]) == (0.5, 7)
+    assert meta["spec"]["init_options"] == {"tags": ["a", "b"], "k": 3}
 
 
 def test_meta_as_unicode_scalar_accepted(model_path):
     arrays, meta = _contents(model_path)
     _rewrite(model_path, arrays, np.array(json.dumps(meta)))
-    assert len(load_model(model_path)[0]) == 30
+    assert len(load_model(model_path).model) == 30
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     path = tmp_path / "m.npz"
-    save_model(path, _random_model(), mode="smoe", scope="raster", height=8, width=9)
+    _save(path, _random_model())
     old = path.read_bytes()
     with pytest.raises(ValueError, match="JSON"):
-        save_model(path, _random_model(), mode="smoe", scope="raster", height=8, width=9,
-                   settings={"bad": object()})
+        _save(path, _random_model(), spec=FitSpec(init_options={"bad": object()}))
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
@@ -118,15 +125,15 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     ({"mode": "gmm"}, "mode"),
     ({"scope": "tiles"}, "scope"),
-    ({"height": 0}, "height"),
-    ({"width": -3}, "width"),
-    ({"width": 2.5}, "width"),
-    ({"settings": [1, 2]}, "settings"),
+    ({"height": 0}, "frame"),
+    ({"width": -3}, "frame"),
+    ({"width": 2.5}, "frame"),
+    ({"spec": {"iters": 2}}, "spec"),
 ])
 def test_save_rejects_bad_arguments(tmp_path, kwargs, match):
     args = {"mode": "smoe", "scope": "raster", "height": 8, "width": 9, **kwargs}
     with pytest.raises(ValueError, match=match):
-        save_model(tmp_path / "m.npz", _random_model(), **args)
+        _save(tmp_path / "m.npz", _random_model(), **args)
     assert not (tmp_path / "m.npz").exists()
 
 
@@ -134,7 +141,7 @@ def test_save_rejects_invalid_model(tmp_path):
     model = _random_model()
     bad = Model.unchecked(model.mu, -model.chol, model.pi, model.experts)
     with pytest.raises(ValueError, match="Cholesky"):
-        save_model(tmp_path / "m.npz", bad, mode="smoe", scope="raster", height=8, width=9)
+        _save(tmp_path / "m.npz", bad)
 
 
 # ---------------------------------------------------------------- load errors
@@ -239,7 +246,8 @@ def test_newer_format_version(model_path):
     ({"width": 5.0}, "width"),
     ({"channels": 2}, "channels"),
     ({"channels": 1}, "experts"),  # experts have 3 channels
-    ({"settings": [1]}, "settings"),
+    ({"spec": [1]}, "spec"),
+    ({"tile_offset": [0]}, "tile_offset"),
 ])
 def test_bad_metadata_values(model_path, changes, match):
     arrays, meta = _contents(model_path)
