@@ -75,11 +75,10 @@ def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, 
     recon = fitted.render()
     render_ms = 1000.0 * (time.perf_counter() - start)
     h, w = fitted.frame
-    quality = metrics.evaluate(image, recon.reshape(np.shape(image)))
     report = {
         "image": {"path": str(Path(image_path).resolve()), "width": w, "height": h,
                   "channels": 1 if np.ndim(image) == 2 else np.shape(image)[2]},
-        **{key: _finite(value) for key, value in quality.items()},
+        **metrics.evaluate(image, recon.reshape(np.shape(image))),
         "kernels_initial": run["kernels_initial"],
         "kernels_final": len(fitted.model),
         "kernels_per_tile": fitted.kernels_per_tile(),
@@ -105,11 +104,6 @@ def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, 
         "metrics.json": (json.dumps(report, indent=2) + "\n").encode(),
     }
     return files, report
-
-
-def _finite(value):
-    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _versions() -> dict:

@@ -16,13 +16,13 @@ import smoe.fitting
 from smoe import cli
 from smoe.cli import main
 from smoe.imageio import ImageError, read_image, write_image
-from smoe.modelfile import ModelFileError, load_model
+from smoe.modelfile import ModelFileError, load_model, read_model_file
 from smoe.outputs import FIT_OUTPUTS
 
 H, W = 48, 64
 FAST = ["-n", "30", "--iters", "20", "--quiet"]
 METRIC_KEYS = {"psnr", "ssim", "ms_ssim", "lpips", "kernels_initial", "kernels_final", "kernels_per_tile",
-               "iterations", "stop_reason", "init_seconds", "fit_seconds", "render_ms", "versions", "settings",
+               "iterations", "stop_reason", "init_seconds", "fit_seconds", "render_ms", "versions", "spec",
                "image"}
 
 
@@ -73,10 +73,10 @@ def test_fit_writes_every_output(fitted):
     assert report["psnr"] > 5 and 0 < report["ssim"] <= 1 and report["lpips"] >= 0
     assert report["kernels_initial"] == 30 and report["iterations"] == 20
     assert set(report["versions"]) == {"smoe", "torch", "numba", "numpy", "python"}
-    model, meta = load_model(out / "model.smoe.npz")
-    assert len(model) == report["kernels_final"]
+    model, meta = read_model_file(out / "model.smoe.npz")
+    assert len(model.model) == report["kernels_final"]
     assert (meta["height"], meta["width"], meta["mode"], meta["scope"]) == (H, W, "smoe", "raster")
-    assert meta["settings"]["iters"] == 20
+    assert meta["spec"] == report["spec"] and meta["spec"]["iters"] == 20
     assert read_image(out / "reconstruction.png").shape == (H, W, 3)
     for name in ("convergence.png", "kernels.png"):
         with Image.open(out / name) as im:
@@ -108,7 +108,7 @@ def test_render_sharpen_changes_the_image(fitted, tmp_path):
 
 
 def test_info(fitted, capsys):
-    model, _ = load_model(fitted[1] / "model.smoe.npz")
+    model = load_model(fitted[1] / "model.smoe.npz").model
     assert main(["info", str(fitted[1] / "model.smoe.npz")]) == 0
     out = capsys.readouterr().out
     assert f"kernels       {len(model)}" in out and "64x48" in out and "median sigma" in out
