@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from smoe.rasterizer import render
-from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, default_kernels,
+from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, kernel_density,
                             denoise, shift_offsets)
 from smoe.noise import add_noise, estimate_noise
+from smoe.spec import kernel_budget
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}
@@ -68,10 +69,11 @@ def test_bad_counts_and_steps(kwargs, match):
 def test_output_is_the_mean_of_the_shifted_renders(noisy):
     out, fitted = denoise(noisy, 3, chroma_models=0, return_models=True, **FAST)
     assert out.shape == noisy.shape and out.dtype == np.float32
-    assert [m.tile_offset for m in fitted] == shift_offsets(3)
-    assert [m.seed for m in fitted] == [0, 1, 2]
+    assert [m.fitted.tile_offset for m in fitted] == shift_offsets(3)
+    assert [m.seed for m in fitted] == [0, 1, 2] == [m.fitted.spec.seed for m in fitted]
     with torch.no_grad():
-        renders = [render(m.model, H, W, tile_offset=m.tile_offset).numpy() for m in fitted]
+        renders = [render(m.fitted.model, H, W, tile_offset=m.fitted.tile_offset).numpy() for m in fitted]
+    assert all(np.array_equal(m.fitted.render(), r) for m, r in zip(fitted, renders))  # the model knows its offset
     np.testing.assert_allclose(out, np.mean(renders, axis=0), atol=1e-6)
     # The models differ (seeds and offsets), so averaging does something.
     assert np.abs(renders[0] - renders[1]).max() > 1e-3
@@ -81,12 +83,15 @@ def test_colour_models_give_the_chroma_and_the_first_models_the_channel_mean(noi
     out, fitted = denoise(noisy, 3, chroma_models=2, return_models=True, **FAST)
     main, colour = fitted[:3], fitted[3:]
     assert [m.chroma for m in fitted] == [False] * 3 + [True] * 2
-    assert [m.seed for m in colour] == [3, 4] and [m.tile_offset for m in colour] == shift_offsets(2)
-    assert all(m.extent == (H, W) for m in main) and all(m.extent == (H // 2, W // 2) for m in colour)
+    assert [m.seed for m in colour] == [3, 4] and [m.fitted.tile_offset for m in colour] == shift_offsets(2)
+    assert all(m.fitted.frame == (H, W) for m in main) and all(m.fitted.frame == (H // 2, W // 2) for m in colour)
     with torch.no_grad():
-        brightness = np.mean([render(m.model, H, W, tile_offset=m.tile_offset).numpy() for m in main], axis=0)
-        chroma = np.mean([render(m.model, H, W, extent=m.extent, tile_offset=m.tile_offset).numpy()
+        brightness = np.mean([render(m.fitted.model, H, W, tile_offset=m.fitted.tile_offset).numpy() for m in main],
+                             axis=0)
+        chroma = np.mean([render(m.fitted.model, H, W, extent=m.fitted.frame, tile_offset=m.fitted.tile_offset).numpy()
                           for m in colour], axis=0)
+    assert np.array_equal(colour[0].fitted.render(scale=2), render(colour[0].fitted.model, H, W, extent=(H // 2, W // 2),
+                                                                    tile_offset=colour[0].fitted.tile_offset).numpy())
     np.testing.assert_allclose(out.mean(axis=2), brightness.mean(axis=2), atol=1e-6)
     np.testing.assert_allclose(out - out.mean(axis=2, keepdims=True),
                                chroma - chroma.mean(axis=2, keepdims=True), atol=1e-6)
@@ -165,11 +170,14 @@ def test_two_workers_give_exactly_the_same_image(noisy):
 
 
 def test_kernel_budget_follows_the_noise_level():
-    base = default_kernels(512, 768)
+    def budget(h, w, sigma=None):
+        return kernel_budget(h, w, kernel_density(sigma))
+
+    base = budget(512, 768)
     assert 0 < base < 512 * 768
-    assert default_kernels(512, 768, 0.05) == 2 * base
-    assert default_kernels(512, 768, 0.07) > base == default_kernels(512, 768, 0.1) == default_kernels(512, 768, 0.3)
-    assert default_kernels(2, 2) >= 1
+    assert budget(512, 768, 0.05) == 2 * base
+    assert budget(512, 768, 0.07) > base == budget(512, 768, 0.1) == budget(512, 768, 0.3)
+    assert budget(2, 2) >= 1
 
 
 # ======================================================================= noise
@@ -214,15 +222,15 @@ def test_noise_estimate_needs_a_whole_patch():
 
 
 def _spied_fits(monkeypatch, noisy, **kwargs):
-    """(settings, FitResult) of every fit denoise() runs (in-process)."""
+    """(fit spec as a dict, FitResult) of every fit denoise() runs (in-process)."""
     import smoe.denoising as dn
 
     seen = []
     real = dn.fit
 
-    def spy(*args, **settings):
-        result = real(*args, **settings)
-        seen.append((settings, result))
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append((kwargs["spec"].replace(init_options={}).to_dict(), result))  # its MDBSCAN labels are no JSON
         return result
 
     monkeypatch.setattr(dn, "fit", spy)
@@ -234,7 +242,7 @@ def test_brightness_models_stop_on_residual_correlation_and_colour_models_on_ene
     seen = [settings for settings, _ in _spied_fits(monkeypatch, noisy, sigma=0.1)]
     main, colour = seen[:2], seen[2:]
     assert len(colour) == DEFAULT_CHROMA_MODELS
-    assert all(s["target_corr"] == STOP_CORR and "target_psnr" not in s for s in main)
+    assert all(s["target_corr"] == STOP_CORR and s["target_psnr"] is None for s in main)
     # The colour models fit a 2 x 2 average, whose noise has half the standard deviation.
     assert all(s["target_corr"] is None for s in colour)
     assert all(s["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * 0.05 ** 2)) for s in colour)
@@ -246,8 +254,8 @@ def test_without_a_correlation_rule_the_models_stop_at_the_noise_variance(noisy,
     estimated = _spied_fits(monkeypatch, noisy, stop_corr=None)[0][0]
     assert estimated["target_psnr"] == pytest.approx(-10 * np.log10(STOP_FACTOR * estimate_noise(noisy) ** 2))
     unstopped = _spied_fits(monkeypatch, noisy, stop_corr=None, stop_factor=None)[0][0]
-    assert "target_psnr" not in unstopped and unstopped["log_every"] == FAST["iters"]
-    assert "target_psnr" not in _spied_fits(monkeypatch, noisy, sigma=0.0, stop_corr=None)[0][0]
+    assert unstopped["target_psnr"] is None and unstopped["log_every"] == FAST["iters"]
+    assert _spied_fits(monkeypatch, noisy, sigma=0.0, stop_corr=None)[0][0]["target_psnr"] is None
 
 
 def test_a_met_stop_rule_ends_the_fits_early(noisy, monkeypatch):

@@ -1,6 +1,5 @@
 """Image files: decoding, encoding, error reporting and atomic writes."""
 
-import os
 import struct
 import warnings
 import zlib
