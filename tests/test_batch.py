@@ -70,10 +70,10 @@ def _assert_same_outputs(outdir: Path, reference: Path, names) -> None:
     for name in names:
         got, ref = outdir / name, reference / name
         assert sorted(p.name for p in got.iterdir()) == sorted([*FIT_OUTPUTS, ENTRY_NAME]), name
-        model, meta = load_model(got / "model.smoe.npz")
-        ref_model, _ = load_model(ref / "model.smoe.npz")
-        for key, value in model.numpy().items():
-            assert np.array_equal(value, ref_model.numpy()[key]), (name, key)
+        fitted, ref_fitted = load_model(got / "model.smoe.npz"), load_model(ref / "model.smoe.npz")
+        assert fitted.spec == ref_fitted.spec, name
+        for key, value in fitted.model.numpy().items():
+            assert np.array_equal(value, ref_fitted.model.numpy()[key]), (name, key)
         assert (got / "reconstruction.png").read_bytes() == (ref / "reconstruction.png").read_bytes(), name
         m, r = (json.loads((d / "metrics.json").read_text()) for d in (got, ref))
         assert {k: m[k] for k in ("psnr", "ssim", "lpips", "kernels_final", "iterations")} == \
