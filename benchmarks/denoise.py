@@ -169,7 +169,7 @@ def crop_figure(path, panels: list[tuple[str, np.ndarray]], box: tuple[int, int,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from smoe.imageio import atomic_write_bytes
+    from smoe.atomic import atomic_write_bytes
 
     top, left, side = box
     fig = Figure(figsize=(3 * len(panels), 3.4))
@@ -195,7 +195,7 @@ def main(argv=None):
     ap.add_argument("--variances", type=float, nargs="+", default=[0.01], help=f"noise variances, e.g. {VARIANCES}")
     ap.add_argument("--methods", nargs="+", default=list(QUICK), help=f"rows; 'all' = {' '.join(ALL)}")
     ap.add_argument("--with-64", action="store_true", help="add the 64-model MM-RSMoE-seg-20 row (slow)")
-    ap.add_argument("--iters", type=int, default=dn.DEFAULT_ITERS, help="gradient steps per model")
+    ap.add_argument("--iters", type=int, default=dn.PRESET.iters, help="gradient steps per model")
     ap.add_argument("--kernels", type=int, default=None, help="initial kernels per model (default: smoe's)")
     ap.add_argument("--area-power", type=float, default=dn.DEFAULT_AREA_POWER,
                     help="segment init: kernels per segment grow like area ** P (1: even density)")
@@ -271,7 +271,7 @@ def report(args, methods, rows, panels, note) -> None:
     means = summarise(rows, methods, args.variances)
     ratios = time_ratios(rows, args.variances)
     settings = {**vars(args), "methods": methods, "smoe_density": dn.DEFAULT_DENSITY,
-                "smoe_settings": dn.DEFAULT_SETTINGS, "threshold_default": dn.DEFAULT_THRESHOLD,
+                "smoe_settings": dn.PRESET.to_dict(), "threshold_default": dn.DEFAULT_THRESHOLD,
                 "stop_corr": dn.STOP_CORR, "stop_factor": dn.STOP_FACTOR, "chroma_density": dn.CHROMA_DENSITY,
                 "chroma_iters": dn.CHROMA_ITERS}
     per_image = [{k: (f"{v:.4f}" if isinstance(v, float) and k != "variance" else v) for k, v in r.items()

@@ -67,7 +67,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smoe.fitting import as_image, fit
-from smoe.imageio import atomic_write_bytes, read_image, write_image
+from smoe.atomic import atomic_write_bytes
+from smoe.imageio import read_image, write_image
 from smoe.initializers import initialize
 from smoe.initializers.adaptive import adaptive_init_with_report
 from smoe.metrics import lpips, psnr, ssim

@@ -51,8 +51,8 @@ def run_one(image, pool, method, iters, seed):
     h, w, _ = image.shape
     model = res.model
     with torch.no_grad():
-        recon = smoe.render(model, h, w, mode=mode, scope=scope)
-        render_s = timed(lambda: smoe.render(model, h, w, mode=mode, scope=scope), repeat=5 if scope == "raster" else 1)
+        recon = smoe.rasterizer.render(model, h, w, mode=mode, scope=scope)
+        render_s = timed(lambda: smoe.rasterizer.render(model, h, w, mode=mode, scope=scope), repeat=5 if scope == "raster" else 1)
     m = evaluate(image, recon.numpy(), lpips=True)
     kpt = smoe.kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model))
     return res, {
@@ -60,7 +60,7 @@ def run_one(image, pool, method, iters, seed):
         "PSNR": f"{m['psnr']:.2f}",
         "SSIM": f"{m['ssim']:.4f}",
         "LPIPS": f"{m['lpips']:.4f}",
-        "iters": res.settings["iterations"],
+        "iters": res.iterations,
         "fit s": f"{res.fit_seconds:.0f}",
         "render ms": f"{1e3 * render_s:.1f}",
         "FPS": f"{1 / render_s:.0f}",

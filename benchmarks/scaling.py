@@ -29,7 +29,7 @@ from pathlib import Path
 
 from smoe.batch import batch_options, fit_batch, fit_image
 from smoe.executor import InProcessExecutor, make_executor
-from smoe.fitting import FitSettings
+from smoe.spec import FitSpec
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
 
@@ -93,7 +93,7 @@ def overhead_rows(path: Path, warm_path: Path, options: dict, repeat: int) -> li
 
 
 def main(argv=None):
-    defaults = FitSettings()
+    defaults = FitSpec()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=24, help="first N Kodak images for the throughput runs")
     ap.add_argument("--kernels", type=int, default=500, help="kernels per image in the throughput runs")

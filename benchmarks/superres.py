@@ -38,13 +38,12 @@ import sys
 import time
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from smoe import superres as sr
-from smoe.imageio import atomic_write_bytes, read_image
+from smoe.atomic import atomic_write_bytes
+from smoe.imageio import read_image
 from smoe.metrics import evaluate
-from smoe.rasterizer import render
 
 from _common import KODAK, RESULTS, header, kodak_images, markdown_table, write_results
 
@@ -76,9 +75,7 @@ def model_rows(low: np.ndarray, height: int, width: int, args) -> dict[str, tupl
         fit_seconds = time.perf_counter() - start
         out[mode] = (plain, fit_seconds)
         start = time.perf_counter()
-        with torch.no_grad():
-            sharp = render(result.model, height, width, mode=mode, extent=low.shape[:2],
-                           sharpen=args.sharpen).numpy()
+        sharp = result.fitted.render(size=(height, width), sharpen=args.sharpen)
         # The sharpened row re-renders the same fit: its time is that fit plus its own render.
         out[f"{mode}-sharp"] = (sharp, fit_seconds + time.perf_counter() - start)
     return out
@@ -170,8 +167,7 @@ def _zoomed_panels(patch: np.ndarray, args) -> list[tuple[np.ndarray, np.ndarray
     for mode in ("rbf", "smoe"):
         plain, result = sr.upscale(patch, z, mode=mode, iters=args.iters, n_kernels=_kernels(patch, args),
                                    return_model=True)
-        with torch.no_grad():
-            sharp = render(result.model, ph * z, pw * z, mode=mode, extent=(ph, pw), sharpen=args.sharpen).numpy()
+        sharp = result.fitted.render(size=(ph * z, pw * z), sharpen=args.sharpen)
         panels.append((plain[centre], sharp[centre]))
     return panels
 
@@ -181,7 +177,7 @@ def main(argv=None):
     ap.add_argument("--images", nargs="+", default=["01", "03", "05", "13", "20", "23"], help="Kodak numbers")
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4], help="reduction factors")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--iters", type=int, default=sr.DEFAULT_ITERS, help="gradient steps per fit")
+    ap.add_argument("--iters", type=int, default=sr.PRESET.iters, help="gradient steps per fit")
     ap.add_argument("--density", type=float, default=sr.DEFAULT_DENSITY,
                     help="initial kernels per low-resolution pixel (at most 1)")
     ap.add_argument("--sharpen", type=float, default=0.9, help="bandwidth factor of the sharpened rows")
@@ -193,7 +189,7 @@ def main(argv=None):
     if not paths:
         raise SystemExit(f"no Kodak images match {args.images}")
     rows = measure(args, paths)
-    settings = {**vars(args), "init": sr.DEFAULT_INIT, "downscaling": "Pillow BOX (area mean)"}
+    settings = {**vars(args), "init": sr.PRESET.init, "downscaling": "Pillow BOX (area mean)"}
     per_image = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     text = "\n".join([header("Super-resolution on Kodak (BOX-reduced, upscaled back)", settings), "",
                       "### Means", "", markdown_table(means(rows, args)), "",

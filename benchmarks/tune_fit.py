@@ -1,6 +1,6 @@
 """Compare optimizer settings for rasterized SMoE fitting on a few Kodak images.
 
-Each named variant overrides some :class:`smoe.fitting.FitSettings` fields; every
+Each named variant overrides some :class:`smoe.spec.FitSpec` fields; every
 variant fits every image with the same kernel pool, initialization and
 iteration budget, and the table reports PSNR at a few checkpoints.  This is
 the measurement behind the shipped defaults (README, "Fitting defaults").
@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from smoe.fitting import FitSettings, fit
+from smoe.fitting import fit
 from smoe.imageio import read_image
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
@@ -51,15 +51,14 @@ def main(argv=None):
     for path in kodak_images(args.images):
         image = read_image(path, mode="rgb")
         for name in args.variants:
-            settings = {**FitSettings().__dict__, **VARIANTS[name], "iters": args.iters, "log_every": 10}
-            res = fit(image, args.kernels, init=args.init, **settings)
+            res = fit(image, args.kernels, init=args.init, **{**VARIANTS[name], "iters": args.iters, "log_every": 10})
             by_it = {r["iteration"]: r for r in res.history}
             row = {"image": path.stem, "variant": name}
             for c in checkpoints:
                 rec = by_it.get(c) or res.history[-1]
                 row[f"PSNR@{c}"] = f"{rec['psnr']:.2f}"
             row["seconds"] = f"{res.fit_seconds:.0f}"
-            row["ms/it"] = f"{1e3 * res.fit_seconds / res.settings['iterations']:.0f}"
+            row["ms/it"] = f"{1e3 * res.fit_seconds / res.iterations:.0f}"
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     # Mean over images per variant.
