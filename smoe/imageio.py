@@ -325,12 +325,9 @@ def _one_line(exc: BaseException) -> str:
 
 # ===================================================================== writing
 def write_image(path, image, *, bits: int = 8) -> None:
-    """Write an image file atomically; the format follows the suffix (see :func:`encode_image`).
+    """Write an image file atomically; the format follows the suffix.
 
-    Raises
-    ------
-    ImageError
-        Unknown suffix, unsupported bit depth, bad shape, empty or non-finite image.
+    Takes and refuses (with :class:`ImageError`) what :func:`encode_image` does.
 
     Examples
     --------
