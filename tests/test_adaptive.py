@@ -199,8 +199,8 @@ def test_export_map_is_exact():
                                smoe_eval(k["mu"], k["chol"], k["pi"], k["experts"], local_pts), atol=1e-9)
     # The same through the renderer: the image-domain model sampled at the block's pixel centres.
     shifted = smoe.Model((mu - [37.0, -11.0]).astype(np.float32), chol.astype(np.float32), k["pi"], k["experts"])
-    on_box = smoe.render(shifted, 32, 32, extent=(83, 83), scope="global").numpy()
-    local = smoe.render(smoe.Model(k["mu"], k["chol"], k["pi"], k["experts"]), 32, 32, scope="global").numpy()
+    on_box = smoe.rasterizer.render(shifted, 32, 32, extent=(83, 83), scope="global").numpy()
+    local = smoe.rasterizer.render(smoe.Model(k["mu"], k["chol"], k["pi"], k["experts"]), 32, 32, scope="global").numpy()
     np.testing.assert_allclose(on_box, local, atol=1e-5)
     # Covariances scale by s^2.
     cov_l = smoe.Model(k["mu"], k["chol"], k["pi"], k["experts"]).covariance.double().numpy()
@@ -238,7 +238,7 @@ def test_moments_export_tiles_the_segment_and_keeps_colours():
     labels[:, 30:] = 2
     img = np.where(labels[..., None] == 1, [0.8, 0.2, 0.2], [0.2, 0.2, 0.8]).astype(np.float32)
     model, rep = A.adaptive_init_with_report(img, labels=labels, **FAST)
-    out = smoe.render(model, 40, 60).numpy()
+    out = smoe.rasterizer.render(model, 40, 60).numpy()
     assert smoe.metrics.psnr(img, out) > 20
     assert rep.segments == 2 and rep.kernels_final == len(model)
     np.testing.assert_allclose(out[:, :20], img[:, :20], atol=0.05)
@@ -286,7 +286,7 @@ def test_initializer_on_shapes():
     assert rep.kernels_inside <= rep.kernels_local
     assert rep.seconds_total >= rep.seconds_local_fit > 0
     assert len(rep.block_psnr) == len(rep.block_kernels) == len(rep.block_iterations) == rep.blocks
-    assert smoe.metrics.psnr(img, smoe.render(model, 64, 96).numpy()) > 17
+    assert smoe.metrics.psnr(img, smoe.rasterizer.render(model, 64, 96).numpy()) > 17
     # The registry gives the same model for the same seed.
     again = initialize("adaptive", img, None, seed=0, **FAST)
     again2 = initialize("adaptive", img, None, seed=0, **FAST)
@@ -296,7 +296,7 @@ def test_initializer_on_shapes():
 def test_beats_grid_and_kmeans_on_a_kodak_crop(kodak_dir):
     img = smoe.read_image(kodak_dir / "kodim23.png")[192:320, 320:448]
     model = initialize("adaptive", img, None, seed=0, **FAST)
-    psnr = {name: smoe.metrics.psnr(img, smoe.render(m, 128, 128).numpy()) for name, m in
+    psnr = {name: smoe.metrics.psnr(img, smoe.rasterizer.render(m, 128, 128).numpy()) for name, m in
             [("adaptive", model), ("grid", initialize("grid", img, len(model))),
              ("kmeans", initialize("kmeans", img, len(model)))]}
     assert psnr["adaptive"] > psnr["grid"] + 1 and psnr["adaptive"] > psnr["kmeans"] + 1, psnr
@@ -377,7 +377,7 @@ def test_flat_image_is_one_segment():
     img = np.full((40, 50, 3), 0.3, np.float32)
     model, rep = A.adaptive_init_with_report(img, **FAST)
     assert rep.segments == 1 and rep.blocks_reached_target == rep.blocks and rep.iterations == 1
-    np.testing.assert_allclose(smoe.render(model, 40, 50).numpy(), img, atol=1e-5)
+    np.testing.assert_allclose(smoe.rasterizer.render(model, 40, 50).numpy(), img, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(20, 20, 3), (20, 20, 1), (5, 3, 3), (1, 1, 1)])
@@ -387,7 +387,7 @@ def test_images_smaller_than_a_block(shape):
     img = (0.5 + 0.4 * np.sin(xx / 3.0 + yy / 5.0))[..., None].repeat(shape[2], 2).astype(np.float32)
     img += g.uniform(0, 0.01, img.shape).astype(np.float32)
     model, rep = A.adaptive_init_with_report(img, **FAST)
-    out = smoe.render(model, shape[0], shape[1]).numpy()
+    out = smoe.rasterizer.render(model, shape[0], shape[1]).numpy()
     assert model.channels == shape[2] and np.isfinite(out).all()
     assert smoe.metrics.psnr(img, out) > 15
 

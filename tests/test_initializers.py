@@ -47,7 +47,7 @@ def kernel_pixels(model, h, w):
 
 def psnr_of_init(img, name, n, seed):
     h, w, _ = img.shape
-    return smoe.metrics.psnr(img, smoe.render(initialize(name, img, n, seed=seed), h, w).numpy())
+    return smoe.metrics.psnr(img, smoe.rasterizer.render(initialize(name, img, n, seed=seed), h, w).numpy())
 
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,7 @@ def _run_info(args) -> int:
 
 
 def _model_facts(fitted: FittedModel, meta: dict) -> dict:
-    model = fitted.model
-    spec = fitted.spec
+    model, spec = fitted.model, fitted.spec
     return {
         "kernels": len(model), "channels": model.channels, "mode": fitted.mode, "scope": fitted.scope,
         "height": fitted.height, "width": fitted.width, "tile_offset": list(fitted.tile_offset),
@@ -153,7 +152,9 @@ def _model_facts(fitted: FittedModel, meta: dict) -> dict:
         "dtype": str(model.dtype).replace("torch.", ""),
         "kernels_per_tile": _raster_kernels(fitted),
         "bandwidth_px": _bandwidth(model),
-        "settings": spec.to_dict() if spec is not None else dict(sorted(meta.get("settings", {}).items())),
+        # Format 1 stored free settings, shown as they are; format 2 the fit spec.
+        "settings": dict(sorted(meta["settings"].items())) if meta["format_version"] == 1
+        else {} if spec is None else spec.to_dict(),
     }
 
 
