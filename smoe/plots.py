@@ -246,8 +246,8 @@ def _dimmed_pixels(img: np.ndarray, zoom: float) -> np.ndarray:
     """The image clipped to [0, 1] and dimmed, as (h, w, 3) uint8, area-averaged to the figure's pixels when ``zoom`` < 1."""
     top = 255 * DIM
     levels = img * np.float32(top)  # one copy, then in place: a 4K image is 100 MB per copy
-    np.nan_to_num(levels, copy=False, posinf=top, neginf=0.0)
-    np.clip(levels, 0.0, top, out=levels)
+    # fmax/fmin, unlike clip, also send NaN to a bound (here 0).
+    np.fmin(np.fmax(levels, 0.0, out=levels), top, out=levels)
     pixels = Image.fromarray(np.rint(levels, out=levels).astype(np.uint8))
     if zoom < 1:
         # Reduced here, once, rather than resampled by matplotlib from every pixel of a large image.

@@ -258,6 +258,19 @@ def test_draw_kernels_empty_model(tmp_path):
     assert (rgb[:band] < 128).any(axis=-1).sum() > 50  # a (dark) title in the band
 
 
+def test_draw_kernels_shows_out_of_range_pixels_clipped():
+    """NaN and values below 0 show black, infinity and values above 1 show as 1, dimmed."""
+    from smoe import Model
+
+    image = np.repeat(np.array([np.nan, -1.0, 0.5, 2.0, np.inf], np.float32), 8)[None].repeat(8, 0)  # 8 x 40
+    with Image.open(__import__("io").BytesIO(plots.draw_kernels(image, Model.empty(channels=1)))) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(float)
+    band = rgb.shape[0] - 8 * rgb.shape[1] // 40
+    columns = rgb[band:].mean(axis=(0, 2)).reshape(5, -1)[:, 2:-2]  # each band's columns, away from its edges
+    want = 255 * plots.DIM * np.array([0, 0, 0.5, 1, 1])[:, None]
+    np.testing.assert_allclose(columns, np.broadcast_to(want, columns.shape), atol=1.0)
+
+
 def test_draw_kernels_rejects_bad_arguments(tmp_path):
     model = random_model(5, 10, 10)
     with pytest.raises(ValueError):
