@@ -211,7 +211,8 @@ def draw_kernels(image, model: Model, path=None, *, max_kernels: int = 5000, sca
     h, w = img.shape[:2]
     zoom = _kernel_figure_zoom(h, w)
     fig, ax = _image_figure(h, w, zoom)
-    ax.imshow(_dimmed_pixels(img, zoom), extent=(0, w, h, 0), interpolation="nearest")
+    # Placed pixel for pixel under the axes: resized once here, not resampled by matplotlib.
+    fig.figimage(_dimmed_pixels(img, zoom), origin="upper", zorder=-1)
     if len(shown):
         colours = _expert_colours(shown)
         # A faint light halo under each outline keeps dark kernels visible on the dimmed image.
@@ -243,16 +244,19 @@ def _as_display_image(image) -> np.ndarray:
 
 
 def _dimmed_pixels(img: np.ndarray, zoom: float) -> np.ndarray:
-    """The image clipped to [0, 1] and dimmed, as (h, w, 3) uint8, area-averaged to the figure's pixels when ``zoom`` < 1."""
+    """The image clipped to [0, 1] and dimmed, as (h, w, 3) uint8 at the figure's pixels.
+
+    Reduced by area average (``zoom`` < 1) or enlarged by pixel repetition (``zoom`` > 1).
+    """
     top = 255 * DIM
     levels = img * np.float32(top)  # one copy, then in place: a 4K image is 100 MB per copy
     # fmax/fmin, unlike clip, also send NaN to a bound (here 0).
     np.fmin(np.fmax(levels, 0.0, out=levels), top, out=levels)
     pixels = Image.fromarray(np.rint(levels, out=levels).astype(np.uint8))
-    if zoom < 1:
-        # Reduced here, once, rather than resampled by matplotlib from every pixel of a large image.
-        h, w = img.shape[:2]
-        pixels = pixels.resize((max(1, round(w * zoom)), max(1, round(h * zoom))), Image.Resampling.BOX)
+    h, w = img.shape[:2]
+    size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
+    if size != (w, h):
+        pixels = pixels.resize(size, Image.Resampling.BOX if zoom < 1 else Image.Resampling.NEAREST)
     return np.asarray(pixels.convert("RGB"))
 
 
