@@ -69,6 +69,10 @@ _PANELS = (  # (row, column) -> (y key, x key, y label, x label)
 )
 
 
+# Room for 6-digit tick labels and an axis label on every panel, and the title on top.
+_CONVERGENCE_MARGINS = {"left": 0.085, "right": 0.985, "bottom": 0.075, "top": 0.925, "wspace": 0.24, "hspace": 0.26}
+
+
 def plot_convergence(history, path=None, title: str | None = None) -> bytes:
     """Plot PSNR and kernel count against iterations and against time.
 
@@ -100,7 +104,9 @@ def plot_convergence(history, path=None, title: str | None = None) -> bytes:
     b'\\x89PNG\\r\\n\\x1a\\n'
     """
     columns = _history_columns(history)
-    fig = Figure(figsize=(10, 7), layout="constrained")
+    # Fixed margins instead of a layout engine, which would draw the figure twice to measure it.
+    fig = Figure(figsize=(10, 7))
+    fig.subplots_adjust(**_CONVERGENCE_MARGINS)
     axes = fig.subplots(2, 2)
     for (row, col), y_key, x_key, y_label, x_label in _PANELS:
         ax = axes[row, col]
