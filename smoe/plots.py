@@ -54,7 +54,28 @@ def _png(fig: Figure, path) -> bytes:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
-    data = buffer.getvalue()
+    return _deliver(buffer.getvalue(), path)
+
+
+def _png_over_pixels(fig: Figure, pixels: np.ndarray, path) -> bytes:
+    """Encode ``fig``, drawn transparent, over ``pixels`` (h, w, 3) uint8 placed at its bottom, on white.
+
+    Compositing with Pillow costs a fraction of what matplotlib's image pipeline
+    (resampling and RGBA conversions) costs for a figure-sized image.
+    """
+    canvas = FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="rgba", dpi=_DPI, transparent=True)
+    size = canvas.get_width_height()
+    page = Image.new("RGBA", size, "white")
+    page.paste(Image.fromarray(pixels), (0, size[1] - pixels.shape[0]))
+    page.alpha_composite(Image.frombuffer("RGBA", size, buffer.getvalue(), "raw", "RGBA", 0, 1))
+    encoded = io.BytesIO()
+    page.convert("RGB").save(encoded, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return _deliver(encoded.getvalue(), path)
+
+
+def _deliver(data: bytes, path) -> bytes:
     if path is not None:
         atomic_write_bytes(path, data)
     return data
@@ -217,8 +238,6 @@ def draw_kernels(image, model: Model, path=None, *, max_kernels: int = 5000, sca
     h, w = img.shape[:2]
     zoom = _kernel_figure_zoom(h, w)
     fig, ax = _image_figure(h, w, zoom)
-    # Placed pixel for pixel under the axes: resized once here, not resampled by matplotlib.
-    fig.figimage(_dimmed_pixels(img, zoom), origin="upper", zorder=-1)
     if len(shown):
         colours = _expert_colours(shown)
         # A faint light halo under each outline keeps dark kernels visible on the dimmed image.
@@ -234,7 +253,8 @@ def draw_kernels(image, model: Model, path=None, *, max_kernels: int = 5000, sca
     size_note = f"; {w}x{h} image shown at {zoom:.2g}x" if zoom < 1 else ""
     fig.text(0.5, (1.0 + title_top) / 2, f"{note}, {scale:g}-sigma ellipses, coloured by {colour_note}{size_note}",
              ha="center", va="center", fontsize=11)
-    return _png(fig, path)
+    # The image goes under the drawing pixel for pixel: resized once here, never resampled by matplotlib.
+    return _png_over_pixels(fig, _dimmed_pixels(img, zoom), path)
 
 
 def _as_display_image(image) -> np.ndarray:
@@ -284,7 +304,7 @@ def _image_figure(h: int, w: int, zoom: float) -> tuple[Figure, object]:
     """A figure whose single axes shows an ``h x w`` image at ``zoom``, plus room for a title."""
     title_px = 30
     width_px, height_px = w * zoom, h * zoom + title_px
-    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI))
+    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - title_px / height_px))
     ax.set_axis_off()
     return fig, ax
