@@ -41,7 +41,7 @@ from PIL import Image
 
 import smoe
 from smoe import metrics
-from smoe.fit import fit
+from smoe.fitting import fit
 from smoe.imageio import write_image
 from smoe.modelfile import save_model
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from .imageio import atomic_write
 from .model import Model
-from .render import MODES, SCOPES
+from .rasterizer import MODES, SCOPES
 from .version import __version__
 
 __all__ = ["ModelFileError", "save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]

@@ -100,7 +100,7 @@ def plot_convergence(history, path=None, title: str | None = None) -> bytes:
     Parameters
     ----------
     history : sequence of dict
-        Records as in :attr:`smoe.fit.FitResult.history`, each with at least
+        Records as in :attr:`smoe.fitting.FitResult.history`, each with at least
         ``iteration``, ``psnr``, ``kernels`` and ``seconds``.
     path : str or os.PathLike, optional
         PNG file to write (atomically); None writes nothing.
