@@ -7,8 +7,8 @@ divided by 65535, 8-bit ones by 255.
 
 Pillow keeps 16-bit *colour* images only at 8 bits per sample, so this module
 recovers the full 16 bits of RGB/RGBA PNG and TIFF files itself (see
-:func:`_decode_wide`) and writes 16-bit PNG and TIFF files with small encoders of
-its own.
+:func:`_decode_wide`) and writes PNG (8 and 16 bits) and 16-bit TIFF files with
+small encoders of its own; the PNG one is also about twice as fast as Pillow's.
 
 Converting colour to grey uses the ITU-R BT.601 luma weights
 ``Y = 0.299 R + 0.587 G + 0.114 B`` (the weights of JPEG and of Pillow's ``"L"``
@@ -51,6 +51,14 @@ LUMA_BT601 = (0.299, 0.587, 0.114)
 #: File suffix -> Pillow format name, for writing.
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _FORMATS_16 = ("PNG", "TIFF")
+#: zlib level of PNGs up to :data:`PNG_FAST_ABOVE_PIXELS`, and of larger ones.  PNG is
+#: lossless at any level; level 1 takes a fifth of the time of 6 on a 4K image for a file
+#: ~20 % larger, which matters where a fit's outputs should cost a small part of the fit.
+PNG_COMPRESS_LEVELS = (6, 1)
+PNG_FAST_ABOVE_PIXELS = 1_000_000
+# Rows of at most this many samples are quantized at a time: the float64 work stays in
+# cache instead of two full-size float64 copies of a 4K image.
+_QUANTIZE_CHUNK_SAMPLES = 1 << 18
 _EXIF_ORIENTATION = 0x0112
 
 # EXIF orientation -> operation that turns the stored pixels upright, the
@@ -377,13 +385,15 @@ def encode_image(image, name, *, bits: int = 8) -> bytes:
     if bits == 16 and fmt not in _FORMATS_16:
         raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {suffix!r}")
     codes = _quantize(_as_hwc(image, path), bits)
+    if fmt == "PNG":
+        return _png(codes)
     if bits == 16:
-        return _png16(codes) if fmt == "PNG" else _tiff16(codes)
+        return _tiff16(codes)
     return _pillow_encode(codes, fmt)
 
 
 def _as_hwc(image, path: Path) -> np.ndarray:
-    """Validate and reshape to (H, W, C) float64 with C in {1, 3}."""
+    """Validate and reshape to (H, W, C) real numbers with C in {1, 3} (no copy)."""
     if hasattr(image, "detach"):  # a torch tensor; avoid importing torch here
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
@@ -395,16 +405,26 @@ def _as_hwc(image, path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot write an empty image of shape {image.shape}")
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ImageError(f"{path}: image must hold real numbers, got dtype {image.dtype}")
-    image = image.astype(np.float64)
     if not np.all(np.isfinite(image)):
         raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
     return image
 
 
 def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
+    """Nearest codes of (H, W, C) samples in [0, 1] (clipped), computed in float64."""
     top = (1 << bits) - 1
-    codes = np.rint(np.clip(image, 0.0, 1.0) * top)
-    return codes.astype(np.uint8 if bits == 8 else np.uint16)
+    codes = np.empty(image.shape, np.uint8 if bits == 8 else np.uint16)
+    rows = max(1, _QUANTIZE_CHUNK_SAMPLES // (image.shape[1] * image.shape[2]))
+    for start in range(0, image.shape[0], rows):
+        block = np.clip(image[start:start + rows].astype(np.float64), 0.0, 1.0)
+        block *= top
+        codes[start:start + rows] = np.rint(block, out=block)
+    return codes
+
+
+def _png_level(codes: np.ndarray) -> int:
+    small, large = PNG_COMPRESS_LEVELS
+    return large if codes.shape[0] * codes.shape[1] > PNG_FAST_ABOVE_PIXELS else small
 
 
 def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
@@ -415,22 +435,27 @@ def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _png16(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint16, C in {1, 3} -> bytes of a 16-bit PNG (Pillow cannot write 16-bit RGB)."""
+def _png(codes: np.ndarray) -> bytes:
+    """(H, W, C) uint8 or uint16, C in {1, 3} -> bytes of an 8- or 16-bit PNG.
+
+    Pillow cannot write 16-bit RGB, and for 8 bits its per-row choice of filter
+    costs more time than it saves bytes.
+    """
     h, w, c = codes.shape
-    rows = codes.astype(">u2").reshape(h, w * c).view(np.uint8)
+    rows = codes.astype(">u2").view(np.uint8) if codes.dtype == np.uint16 else codes
+    rows = rows.reshape(h, -1)
     # "Sub" filter on every row: each byte minus the same byte of the previous
     # pixel; smooth images compress far better than with no filter.
-    step = 2 * c
+    step = codes.itemsize * c
     filtered = rows.copy()
     filtered[:, step:] = rows[:, step:] - rows[:, :-step]  # uint8 arithmetic wraps mod 256, as PNG wants
     scanlines = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
     colour_type = 0 if c == 1 else 2
-    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 8 * codes.itemsize, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6))
+        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), _png_level(codes)))
         + _png_chunk(b"IEND", b"")
     )
 
