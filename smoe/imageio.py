@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .imagecheck import check_image, pillow_warnings
+from .limits import MAX_IMAGE_BYTES, read_regular
+
 __all__ = [
     "ImageError",
     "read_image",
@@ -121,20 +124,18 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError(f"no such file: {path}")
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image file")
-    data = path.read_bytes()
-    if not data:
-        raise ImageError(f"{path}: empty file (0 bytes), not an image")
-    return data
+    try:
+        return read_regular(path, MAX_IMAGE_BYTES, "an image file")
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {path}") from None
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def _open(data: bytes, path: Path) -> Image.Image:
-    """Open (not yet decode) an image, turning Pillow's errors into ImageError."""
+    """Open (not yet decode) an image and check its header; Pillow's errors become ImageError."""
     try:
-        return Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large to decode safely ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
@@ -143,6 +144,11 @@ def _open(data: bytes, path: Path) -> Image.Image:
         ) from exc
     except Exception as exc:  # Pillow reports broken headers through many exception types
         raise ImageError(f"{path}: corrupt image header ({_one_line(exc)})") from exc
+    try:
+        check_image(image, data)
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+    return image
 
 
 def _load(image: Image.Image, path: Path) -> None:
@@ -171,6 +177,20 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     -------
     (H, W) or (H, W, 3) float array in [0, 1], turned upright by its EXIF orientation.
     """
+    try:
+        with pillow_warnings():
+            return _decode(data, path)
+    except ImageError:
+        raise
+    except ValueError as exc:  # a truncation warning from pillow_warnings
+        raise ImageError(f"{path}: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # crafted files make Pillow raise TypeError, struct.error, ... from anywhere
+        raise ImageError(f"{path}: corrupt image ({_one_line(exc)})") from exc
+
+
+def _decode(data: bytes, path: Path) -> np.ndarray:
     image = _open(data, path)
     if image.width * image.height == 0:
         raise ImageError(f"{path}: empty image ({image.width}x{image.height}, 0 pixels)")
@@ -182,8 +202,8 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
         if fallback:
             warnings.warn(f"{path}: {fallback}", stacklevel=3)
     orientation = _orientation(image)
-    if getattr(image, "n_frames", 1) > 1:
-        warnings.warn(f"{path}: file holds {image.n_frames} frames; only the first is used", stacklevel=3)
+    if getattr(image, "is_animated", False):  # not n_frames: counting may walk a million frames
+        warnings.warn(f"{path}: file holds several frames; only the first is used", stacklevel=3)
     if samples.ndim == 3 and samples.shape[2] in (2, 4):
         warnings.warn(f"{path}: alpha channel dropped (smoe models colour only)", stacklevel=3)
         samples = samples[:, :, :-1]

@@ -90,7 +90,7 @@ def open_regular(path, what: str):
     ----------
     path : str or os.PathLike
     what : str
-        What the file should be ("model file", "image file"), for messages.
+        What the file should be ("a model file", "an image file"), for messages.
 
     Returns
     -------
@@ -105,7 +105,7 @@ def open_regular(path, what: str):
 
     Examples
     --------
-    >>> open_regular("/dev/zero", "image file")
+    >>> open_regular("/dev/zero", "an image file")
     Traceback (most recent call last):
     ...
     ValueError: is a character device, not an image file
@@ -115,13 +115,13 @@ def open_regular(path, what: str):
     except FileNotFoundError:
         raise
     except IsADirectoryError:
-        raise ValueError(f"is a directory, not a {what}") from None
+        raise ValueError(f"is a directory, not {what}") from None
     except OSError as exc:
         raise ValueError(f"cannot open ({exc.strerror or exc}); check the file and its permissions") from None
     try:
         kind = _kind(os.fstat(fd).st_mode)
         if kind is not None:
-            raise ValueError(f"is a {kind}, not a {what}")
+            raise ValueError(f"is a {kind}, not {what}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -146,12 +146,12 @@ def read_bounded(handle, limit: int, what: str) -> bytes:
     Examples
     --------
     >>> import io
-    >>> read_bounded(io.BytesIO(b"abc"), 10, "image file")
+    >>> read_bounded(io.BytesIO(b"abc"), 10, "an image file")
     b'abc'
     """
     data = handle.read(limit + 1)
     if len(data) > limit:
-        raise ValueError(f"{what} larger than {limit >> 20} MiB; refusing to read it")
+        raise ValueError(f"file of more than {limit >> 20} MiB, too large for {what}; refusing to read it")
     return data
 
 
@@ -160,7 +160,7 @@ def read_regular(path, limit: int, what: str) -> bytes:
 
     Examples
     --------
-    >>> read_regular("/no/such/file", 10, "image file")
+    >>> read_regular("/no/such/file", 10, "an image file")
     Traceback (most recent call last):
     ...
     FileNotFoundError: [Errno 2] No such file or directory: '/no/such/file'
@@ -170,10 +170,10 @@ def read_regular(path, limit: int, what: str) -> bytes:
             data = read_bounded(handle, limit, what)
         except OSError as exc:
             if exc.errno == errno.EISDIR:
-                raise ValueError(f"is a directory, not a {what}") from None
+                raise ValueError(f"is a directory, not {what}") from None
             raise ValueError(f"cannot read ({exc.strerror or exc}); check the file and its permissions") from None
     if not data:
-        raise ValueError(f"empty file (0 bytes), not a {what}")
+        raise ValueError(f"empty file (0 bytes), not {what}")
     return data
 
 

@@ -170,7 +170,9 @@ def load_model(path) -> tuple[Model, dict]:
             meta = _parse_meta(path, _read_meta(path, npz))
             headers = {name: _header(path, npz, name) for name in _ARRAYS}
             _check_arrays(path, headers, meta)
-            arrays = {name: _read_values(path, npz, name) for name in _ARRAYS}
+            for name in _ARRAYS:  # every value checked before any array is allocated
+                _check_values(path, npz, name)
+            arrays = {name: npz.read(name) for name in _ARRAYS}
         except ArchiveError as exc:
             raise _fail(path, f"truncated or corrupt model file ({exc})") from exc
         except MemoryError as exc:
@@ -190,7 +192,7 @@ def _fail(path: Path, problem: str) -> ModelFileError:
 def _open_archive(path: Path):
     """The model file as a checked :class:`smoe.archive.Npz`, open for the body."""
     try:
-        handle = open_regular(path, "model file")
+        handle = open_regular(path, "a model file")
     except FileNotFoundError:
         raise ModelFileError(f"no such model file: {path}") from None
     except ValueError as exc:
@@ -227,11 +229,11 @@ def _read_meta(path: Path, npz: Npz) -> np.ndarray:
     return npz.read("meta")
 
 
-def _read_values(path: Path, npz: Npz, name: str) -> np.ndarray:
-    """Check the values of array ``name`` while inflating them in chunks, then read it.
+def _check_values(path: Path, npz: Npz, name: str) -> None:
+    """Check the values of array ``name`` while inflating them in chunks.
 
-    A bad value is found before the array is allocated, so a crafted file
-    that claims millions of kernels costs a chunk of memory, not the array.
+    A bad value is found before any array is allocated, so a crafted file
+    that claims millions of kernels costs a chunk of memory, not the arrays.
     """
     header = npz.header(name)
     n_kernels, cols = header.shape[0], (header.shape[1] if header.ndim == 2 else 1)
@@ -243,7 +245,6 @@ def _read_values(path: Path, npz: Npz, name: str) -> np.ndarray:
         if problem := _value_problem(name, values, row, col):
             raise _fail(path, f"invalid model: {problem}")
         at += values.size
-    return npz.read(name)
 
 
 def _value_problem(name: str, values: np.ndarray, row: np.ndarray, col: np.ndarray) -> str | None:
