@@ -237,32 +237,28 @@ def _check_values(path: Path, npz: Npz, name: str) -> None:
     """
     header = npz.header(name)
     n_kernels, cols = header.shape[0], (header.shape[1] if header.ndim == 2 else 1)
-    dtype, at = header.dtype, 0
-    for piece in npz.chunks(name, dtype.itemsize):
-        values = np.frombuffer(piece, dtype=dtype)
-        index = at + np.arange(values.size)
-        row, col = (index % n_kernels, index // n_kernels) if header.fortran_order else divmod(index, cols)
-        if problem := _value_problem(name, values, row, col):
-            raise _fail(path, f"invalid model: {problem}")
+    fortran = header.fortran_order and cols > 1
+    at = 0  # flat index of the chunk's first value; chunks hold whole rows unless Fortran-ordered
+    for piece in npz.chunks(name, header.dtype.itemsize * (1 if fortran else cols)):
+        values = np.frombuffer(piece, dtype=header.dtype)
+        bad = ~np.isfinite(values) | (np.abs(values) >= MAX_PARAMETER)
+        if name == "chol":  # the diagonal b00, b11 must be positive
+            index = at + np.arange(values.size)
+            bad |= (values <= 0) & ((index // n_kernels if fortran else index % cols) != 1)
+        if bad.any():
+            k = int(np.argmax(bad))
+            row = (at + k) % n_kernels if fortran else (at + k) // cols
+            raise _fail(path, f"invalid model: kernel {row}: {_value_problem(name, values[k])}")
         at += values.size
 
 
-def _value_problem(name: str, values: np.ndarray, row: np.ndarray, col: np.ndarray) -> str | None:
-    """The first bad value of a chunk of array ``name``, described, or None."""
-    finite = np.isfinite(values)
-    huge = finite & (np.abs(values) >= MAX_PARAMETER)
-    bad = ~finite | huge
-    if name == "chol":  # the diagonal b00, b11 must be positive
-        bad |= finite & (values <= 0) & (col != 1)
-    if not bad.any():
-        return None
-    k = int(np.argmax(bad))
-    j, value = int(row[k]), values[k].item()
-    if not finite[k]:
-        return f"kernel {j}: {name} is not finite ({value}); fix or prune that kernel"
-    if huge[k]:
-        return f"kernel {j}: {name} holds {value:g}, beyond the limit of {MAX_PARAMETER:g}; fix or prune that kernel"
-    return f"kernel {j}: Cholesky diagonal must be positive, got {value}"
+def _value_problem(name: str, value: np.floating) -> str:
+    """What is wrong with a value of array ``name`` that failed the checks (compared in its own dtype)."""
+    if not np.isfinite(value):
+        return f"{name} is not finite ({float(value)}); fix or prune that kernel"
+    if np.abs(value) >= MAX_PARAMETER:
+        return f"{name} holds {float(value):g}, beyond the limit of {MAX_PARAMETER:g}; fix or prune that kernel"
+    return f"Cholesky diagonal must be positive, got {float(value)}"
 
 
 def _parse_meta(path: Path, raw: np.ndarray) -> dict:
