@@ -378,16 +378,18 @@ def write_image(path, image, *, bits: int = 8) -> None:
         raise ImageError(f"bits must be 8 or 16, got {bits!r}")
     if bits == 16 and fmt not in _FORMATS_16:
         raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {path.suffix!r}")
-    codes = _quantize(_as_hwc(image, path), bits)
-    if bits == 16:
-        encoded = _png16(codes) if fmt == "PNG" else _tiff16(codes)
+    codes = _quantize(_as_hwc(image, path), bits, path)
+    if fmt == "PNG" and (bits == 16 or codes.shape[1] * 4 * 8 > _PILLOW_MAX_ROW_BITS):
+        encoded = _png(codes)
+    elif bits == 16:
+        encoded = _tiff16(codes)
     else:
         encoded = _pillow_encode(codes, fmt)
     atomic_write_bytes(path, encoded)
 
 
 def _as_hwc(image, path: Path) -> np.ndarray:
-    """Validate and reshape to (H, W, C) float64 with C in {1, 3}."""
+    """Validate and reshape to (H, W, C) with C in {1, 3}, keeping the dtype (no copy)."""
     if hasattr(image, "detach"):  # a torch tensor; avoid importing torch here
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
@@ -399,16 +401,25 @@ def _as_hwc(image, path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot write an empty image of shape {image.shape}")
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ImageError(f"{path}: image must hold real numbers, got dtype {image.dtype}")
-    image = image.astype(np.float64)
-    if not np.all(np.isfinite(image)):
-        raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
     return image
 
 
-def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
+#: Pillow's encoders refuse rows of more bits than a C int holds (it keeps RGB as 4 bytes a pixel).
+_PILLOW_MAX_ROW_BITS = 2**31 - 1
+_BAND = 1 << 20  # samples quantized at a time: float64 temporaries stay a few MB at any image size
+
+
+def _quantize(image: np.ndarray, bits: int, path: Path) -> np.ndarray:
+    """Round samples in [0, 1] to codes, in bands of :data:`_BAND` samples; non-finite ones are refused."""
     top = (1 << bits) - 1
-    codes = np.rint(np.clip(image, 0.0, 1.0) * top)
-    return codes.astype(np.uint8 if bits == 8 else np.uint16)
+    flat = np.ascontiguousarray(image).reshape(-1)
+    codes = np.empty(flat.size, dtype=np.uint8 if bits == 8 else np.uint16)
+    for start in range(0, flat.size, _BAND):
+        band = flat[start:start + _BAND].astype(np.float64)
+        if not np.all(np.isfinite(band)):
+            raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
+        codes[start:start + _BAND] = np.rint(np.clip(band, 0.0, 1.0) * top)
+    return codes.reshape(image.shape)
 
 
 def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
@@ -419,22 +430,34 @@ def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _png16(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint16, C in {1, 3} -> bytes of a 16-bit PNG (Pillow cannot write 16-bit RGB)."""
+def _png(codes: np.ndarray) -> bytes:
+    """(H, W, C) uint8 or uint16, C in {1, 3} -> bytes of a PNG of that depth, filtered in row bands.
+
+    Used for 16 bits (Pillow cannot write 16-bit RGB) and for rows too wide
+    for Pillow's encoder (about 89 megapixels of RGB); temporaries stay one
+    band of about :data:`_BAND` samples plus the compressed output.
+    """
     h, w, c = codes.shape
-    rows = codes.astype(">u2").reshape(h, w * c).view(np.uint8)
+    depth = 8 * codes.dtype.itemsize
+    rows = codes.astype(">u2" if depth == 16 else np.uint8, copy=False).reshape(h, w * c).view(np.uint8)
     # "Sub" filter on every row: each byte minus the same byte of the previous
     # pixel; smooth images compress far better than with no filter.
-    step = 2 * c
-    filtered = rows.copy()
-    filtered[:, step:] = rows[:, step:] - rows[:, :-step]  # uint8 arithmetic wraps mod 256, as PNG wants
-    scanlines = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
-    colour_type = 0 if c == 1 else 2
-    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    step = c * depth // 8
+    packer, parts = zlib.compressobj(6), []
+    band = max(1, _BAND // rows.shape[1])
+    for r0 in range(0, h, band):
+        block = rows[r0:r0 + band]
+        scanlines = np.empty((block.shape[0], block.shape[1] + 1), np.uint8)
+        scanlines[:, 0] = 1
+        scanlines[:, 1:step + 1] = block[:, :step]
+        scanlines[:, step + 1:] = block[:, step:] - block[:, :-step]  # uint8 arithmetic wraps mod 256
+        parts.append(packer.compress(scanlines))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", w, h, depth, 0 if c == 1 else 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6))
+        + _png_chunk(b"IDAT", b"".join(parts))
         + _png_chunk(b"IEND", b"")
     )
 

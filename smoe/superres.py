@@ -25,14 +25,12 @@ import numpy as np
 import torch
 
 from .fit import as_image, fit
+from .limits import MAX_OUTPUT_PIXELS
 from .render import MODES, _check_choice, output_size, render
 
 __all__ = ["upscale", "target_size", "default_kernels", "MAX_OUTPUT_PIXELS", "DEFAULT_DENSITY", "DEFAULT_ITERS",
            "DEFAULT_INIT"]
 
-#: Largest raster (width x height) that :func:`upscale` and ``smoe render`` produce; bigger requests are
-#: refused before any work (a float32 RGB raster of this size takes 1.2 GB, and rendering it several more).
-MAX_OUTPUT_PIXELS = 100_000_000
 #: Initial kernels per input pixel (see :func:`default_kernels`).  Upscaling needs a model that
 #: interpolates the input.  kodim23 reduced 4x (192 x 128), rendered 4x: one grid kernel per pixel
 #: scored 29.01 dB after 100 iterations (bicubic 28.89, Lanczos 29.02); with 300 iterations and the

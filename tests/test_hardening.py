@@ -305,3 +305,15 @@ def test_7_jpeg_and_gif_with_raised_sizes(tmp_path, fmt):
     path = _write(tmp_path, data, "raised." + fmt.lower())
     with pytest.raises(ImageError, match="cannot hold|cover"):
         read_image(path)
+
+
+def test_2_rows_too_wide_for_pillow_are_written_by_the_own_png_encoder(tmp_path, monkeypatch):
+    """A 1 x 10**8 RGB render has rows Pillow cannot encode; the banded PNG writer takes them."""
+    from smoe import imageio
+
+    image = np.random.default_rng(3).random((5, 40, 3)).astype(np.float32)
+    imageio.write_image(tmp_path / "pillow.png", image)
+    monkeypatch.setattr(imageio, "_PILLOW_MAX_ROW_BITS", 8)
+    monkeypatch.setattr(imageio, "_BAND", 50)  # several bands
+    imageio.write_image(tmp_path / "own.png", image)
+    assert np.array_equal(read_image(tmp_path / "own.png"), read_image(tmp_path / "pillow.png"))
