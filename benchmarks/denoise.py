@@ -3,7 +3,7 @@
 Noise: white Gaussian noise of variance sigma^2 on the [0, 1] scale
 (sigma^2 = 0.0037, 0.005, 0.01, 0.05, i.e. sigma = 15.5, 18.0, 25.5, 57.0 on
 0-255), drawn with ``numpy.random.default_rng(seed + 100 * image number +
-variance index)`` and clipped to [0, 1] (``smoe.denoising.add_noise``), so
+variance index)`` and clipped to [0, 1] (``smoe.noise.add_noise``), so
 every method sees the same noisy image and reruns see the same noise.
 Clipping makes the noise slightly non-Gaussian near black and white; BM3D is
 still told the nominal sigma.
@@ -59,6 +59,7 @@ from smoe import denoising as dn
 from smoe.executor import available_cores, make_executor
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
+from smoe.noise import add_noise
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
 from scaling import load_note
@@ -233,7 +234,7 @@ def main(argv=None):
 
 def warm_up(executor) -> None:
     """Start every worker and load the compiled kernels there, so the first image is not slower."""
-    tiny = dn.add_noise(np.full((32, 32, 3), 0.5, np.float32), 0.01)
+    tiny = add_noise(np.full((32, 32, 3), 0.5, np.float32), 0.01)
     dn.denoise(tiny, 2 * executor.workers, n_kernels=8, iters=2, executor=executor)
 
 
@@ -244,7 +245,7 @@ def measure(args, methods, paths, figure_stem, executor):
         sigma = math.sqrt(var)
         for path in paths:
             clean = centre_crop(read_image(path, mode="rgb"), args.crop)
-            noisy = dn.add_noise(clean, var, seed=args.seed + 100 * image_number(path.stem) + var_index)
+            noisy = add_noise(clean, var, seed=args.seed + 100 * image_number(path.stem) + var_index)
             outputs = {}
             for name in methods:
                 start = time.perf_counter()

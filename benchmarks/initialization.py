@@ -10,7 +10,7 @@ For every selected image, in grey and/or RGB:
 2. **Kernels for equal quality (Table IV).**  The AS-SMoE start is fitted for
    ``--iters`` iterations; Grid starts of L_AS times each ``--grid-factors``
    kernels are fitted for the same iterations with the same optimizer
-   (rasterized SMoE, :func:`smoe.fit.fit` defaults).  The Grid kernel count
+   (rasterized SMoE, :func:`smoe.fitting.fit` defaults).  The Grid kernel count
    that would reach AS-SMoE's final PSNR is interpolated linearly in
    (log kernel count, PSNR) between the two Grid fits that bracket it
    (extrapolated from the nearest two when none do; the table says so), and
@@ -66,13 +66,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from smoe.fit import as_image, fit
+from smoe.fitting import as_image, fit
 from smoe.imageio import atomic_write_bytes, read_image, write_image
 from smoe.initializers import initialize
 from smoe.initializers.adaptive import adaptive_init_with_report
 from smoe.metrics import lpips, psnr, ssim
-from smoe.render import render
-from smoe.segment import draw_segmentation, mdbscan
+from smoe.rasterizer import render
+from smoe.labels import draw_segmentation
+from smoe.segment import mdbscan
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
 

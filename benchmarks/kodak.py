@@ -24,7 +24,7 @@ import time
 import torch
 
 import smoe
-from smoe.fit import fit
+from smoe.fitting import fit
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
 

@@ -24,7 +24,7 @@ import numpy as np
 
 import smoe
 from smoe.imageio import read_image
-from smoe.render import MODES
+from smoe.rasterizer import MODES
 from smoe.tiles import TileGrid, bin_kernels
 
 from _common import RESULTS, header, kodak_images, machine_info, markdown_table, timed

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from smoe.batch import batch_options, fit_batch, fit_image
 from smoe.executor import InProcessExecutor, make_executor
-from smoe.fit import FitSettings
+from smoe.fitting import FitSettings
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results
 

@@ -27,7 +27,8 @@ import numpy as np
 import scipy
 from PIL import Image
 
-from smoe.segment import mdbscan, segment_stats
+from smoe.labels import segment_stats
+from smoe.segment import mdbscan
 
 THRESHOLDS = (20, 30, 40, 50)
 DEFAULT_IMAGES = ("kodim01", "kodim03", "kodim05", "kodim07", "kodim15", "kodim23")

@@ -44,7 +44,7 @@ from PIL import Image, ImageFilter
 from smoe import superres as sr
 from smoe.imageio import atomic_write_bytes, read_image
 from smoe.metrics import evaluate
-from smoe.render import render
+from smoe.rasterizer import render
 
 from _common import KODAK, RESULTS, header, kodak_images, markdown_table, write_results
 

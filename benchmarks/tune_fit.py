@@ -1,6 +1,6 @@
 """Compare optimizer settings for rasterized SMoE fitting on a few Kodak images.
 
-Each named variant overrides some :class:`smoe.fit.FitSettings` fields; every
+Each named variant overrides some :class:`smoe.fitting.FitSettings` fields; every
 variant fits every image with the same kernel pool, initialization and
 iteration budget, and the table reports PSNR at a few checkpoints.  This is
 the measurement behind the shipped defaults (README, "Fitting defaults").
@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from smoe.fit import FitSettings, fit
+from smoe.fitting import FitSettings, fit
 from smoe.imageio import read_image
 
 from _common import RESULTS, header, kodak_images, markdown_table, write_results

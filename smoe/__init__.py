@@ -2,8 +2,12 @@
 
 An image becomes a sparse set of steered Gaussian kernels whose soft gates
 model edges explicitly; the model renders at any resolution.
+
+Public names load on first use (PEP 562), so ``import smoe`` and the command
+line's ``--help`` do not pay for torch and numba.
 """
 
+import importlib
 import os
 
 # PyTorch and numba each run an OpenMP thread pool.  Busy-waiting pools starve
@@ -13,20 +17,41 @@ import os
 # It only takes effect if set before torch and numba start their pools.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import initializers, metrics  # noqa: E402
-from .denoising import denoise  # noqa: E402
-from .fit import FitResult, fit  # noqa: E402
-from .imageio import read_image, write_image  # noqa: E402
-from .model import Model  # noqa: E402
-from .modelfile import load_model, save_model  # noqa: E402
-from .render import kernels_per_tile, output_size, rasterize, render  # noqa: E402
-from .segment import mdbscan  # noqa: E402
-from .superres import upscale  # noqa: E402
+from .version import __version__  # noqa: E402
 
-__version__ = "0.1.0"
+# public name -> submodule that defines it (None: the name is the submodule itself)
+_EXPORTS = {
+    "Model": "model",
+    "render": "rasterizer", "rasterize": "rasterizer",
+    "output_size": "rasterizer", "kernels_per_tile": "rasterizer",
+    "fit": "fitting", "FitResult": "fitting",
+    "read_image": "imageio", "write_image": "imageio",
+    "save_model": "modelfile", "load_model": "modelfile",
+    "denoise": "denoising",
+    "upscale": "superres",
+    "mdbscan": "segment",
+    "initializers": None,
+    "metrics": None,
+}
 
 __all__ = [
     "Model", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",
     "read_image", "write_image", "save_model", "load_model", "denoise", "upscale", "mdbscan", "initializers",
     "metrics", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'smoe' has no attribute {name!r}")
+    source = _EXPORTS[name]
+    if source is None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(f".{source}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -43,7 +43,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 import time
 import warnings
@@ -51,18 +50,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .batchlock import LOCK_NAME, BatchError, BatchLock
 from .executor import Executor, available_cores, make_executor
-from .fit import FitSettings, fit
+from .fitting import FitSettings, fit
 from .imageio import ImageError, atomic_write_bytes, decode_image, fsync_directory
+from .limits import MAX_IMAGE_BYTES, read_regular
 from .outputs import FIT_OUTPUTS, write_fit_outputs
-from .render import MODES, SCOPES
+from .rasterizer import MODES, SCOPES
+from .version import __version__
 
 __all__ = ["fit_batch", "fit_image", "expand_inputs", "output_names", "BatchError", "BatchResult", "BatchLock",
            "IMAGE_SUFFIXES", "BATCH_FILES", "LOCK_NAME", "ENTRY_NAME", "SUMMARY_FIELDS", "batch_options"]
 
 #: File suffixes taken from a folder or a glob (a file named explicitly is always tried).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm", ".gif")
-LOCK_NAME = ".smoe-batch.lock"
 ENTRY_NAME = ".smoe-entry.json"
 MANIFEST_NAME, SUMMARY_CSV, SUMMARY_MD = "manifest.json", "summary.csv", "summary.md"
 #: Files the batch writes in OUTDIR itself.
@@ -77,10 +78,6 @@ _SUMMARY_EVERY = 5.0
 _TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 _TEMP_DIR = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 _RESERVED = {LOCK_NAME, MANIFEST_NAME, SUMMARY_CSV, SUMMARY_MD}
-
-
-class BatchError(Exception):
-    """The batch cannot run (no inputs, folder locked); the message says what to do."""
 
 
 # ==================================================================== inputs
@@ -159,7 +156,7 @@ def batch_options(options: dict | None = None) -> dict:
 
     ``options`` holds :func:`smoe.fit` arguments (``n_kernels``, ``mode``,
     ``scope``, ``init``, ``seed``, ``init_options``) and
-    :class:`smoe.fit.FitSettings` fields.
+    :class:`smoe.fitting.FitSettings` fields.
     Filling in the defaults makes the settings hash the same however they were
     given.
     """
@@ -170,7 +167,7 @@ def batch_options(options: dict | None = None) -> dict:
     head["init_options"] = dict(head["init_options"] or {})
     unknown = set(options) - {f.name for f in dataclasses.fields(FitSettings)}
     if unknown:
-        raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fit.FitSettings")
+        raise ValueError(f"unknown fit option(s) {', '.join(sorted(unknown))}; see smoe.fitting.FitSettings")
     settings = dataclasses.asdict(FitSettings(**options).validate())
     if head["mode"] not in MODES or head["scope"] not in SCOPES:
         raise ValueError(f"mode must be one of {MODES} and scope one of {SCOPES}, got {head['mode']!r}, "
@@ -239,104 +236,6 @@ def _decode_bytes(data: bytes, path: Path):
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes), not an image")
     return np.ascontiguousarray(decode_image(data, path), dtype=np.float32)
-
-
-# ==================================================================== lock
-class BatchLock:
-    """Exclusive use of an output folder: ``OUTDIR/.smoe-batch.lock``.
-
-    The lock is an OS advisory lock (``flock``) on that file, which holds the
-    pid, host and start time of its owner.  The OS drops the lock when the
-    process ends, however it ends, so a lock file whose lock is free is a
-    leftover: it is taken over with a warning.
-    """
-
-    def __init__(self, outdir: Path):
-        self.path = Path(outdir) / LOCK_NAME
-        self._fd: int | None = None
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): an exclusively created file
-            return self._acquire_exclusive_create()
-        for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _describe_holder(_read_fd(fd))
-                os.close(fd)
-                raise BatchError(self._busy_message(holder)) from None
-            # The owner before us may have removed the file just before we locked it.
-            if self._same_file(fd):
-                break
-            os.close(fd)
-        else:
-            raise BatchError(f"cannot take the lock file {self.path}; another batch keeps replacing it")
-        previous = _read_fd(fd)
-        if previous.strip():
-            warnings.warn(f"taking over the lock file {self.path} left by an earlier fit-batch "
-                          f"({_describe_holder(previous)}) that is no longer running", stacklevel=3)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder_info()).encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-
-    def _same_file(self, fd: int) -> bool:
-        try:
-            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return False
-
-    def _acquire_exclusive_create(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            holder = _describe_holder(self.path.read_text(errors="replace"))
-            raise BatchError(self._busy_message(holder) + f" (if no batch runs, delete {self.path})") from None
-        os.write(fd, json.dumps(_holder_info()).encode())
-        self._fd = fd
-
-    def _busy_message(self, holder: str) -> str:
-        return (f"output folder {self.path.parent} is in use by another fit-batch ({holder}), lock file "
-                f"{self.path}; wait for it to finish or choose another output folder with -o")
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        # Removed while still locked, so that nobody locks a file that is about to vanish.
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self._fd)
-        self._fd = None
-
-
-def _holder_info() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
-
-
-def _read_fd(fd: int) -> str:
-    try:
-        return os.pread(fd, 4096, 0).decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _describe_holder(text: str) -> str:
-    try:
-        info = json.loads(text)
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "owner unknown"
 
 
 # ================================================================= outputs
@@ -457,8 +356,6 @@ def _summary_md(rows: list[dict], options: dict) -> bytes:
 
 
 def _write_summary(outdir: Path, rows: list[dict], options: dict, settings_sha: str, hashes: dict[str, str]) -> None:
-    from . import __version__
-
     atomic_write_bytes(outdir / SUMMARY_CSV, _summary_csv(rows))
     atomic_write_bytes(outdir / SUMMARY_MD, _summary_md(rows, options))
     manifest = {
@@ -607,10 +504,13 @@ def _items(jobs: list[_Job], todo: list[int]):
     for i in todo:
         job = jobs[i]
         try:
-            data = job.path.read_bytes()
+            data = read_regular(job.path, MAX_IMAGE_BYTES, "an image file")
         except OSError as exc:
             yield {"path": str(job.path), "error": f"{job.path}: cannot read ({exc.strerror or exc}); check the "
                                                   "file and its permissions"}
+            continue
+        except ValueError as exc:  # not a regular file, too large or empty
+            yield {"path": str(job.path), "error": f"{job.path}: {exc}"}
             continue
         job.sha256 = _digest(data)  # of the bytes actually fitted, should the file change meanwhile
         yield {"path": str(job.path), "data": data}

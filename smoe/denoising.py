@@ -44,7 +44,7 @@ set's average and takes the chroma of the second's.  ``chroma_models=0``
 gives the paper's joint fit; grey images have no chroma.
 
 Budget and stopping.  The defaults need no noise level.  Without ``sigma``
-the noise level is estimated from the noisy image (:func:`estimate_noise`);
+the noise level is estimated from the noisy image (:func:`smoe.noise.estimate_noise`);
 it sets the kernel count (:func:`default_kernels`).  Each model of the first
 set stops once its residual to the noisy image looks like white noise that has
 begun to be fitted: the correlation of the residual with itself one pixel
@@ -83,16 +83,18 @@ import numpy as np
 import torch
 
 from .executor import Executor, make_executor
-from .fit import FitSettings, as_image, fit, psnr_from_mse
+from .fitting import FitSettings, as_image, fit, psnr_from_mse
 from .initializers import available as available_initializers
 from .initializers.segment import check_area_power
 from .model import Model
-from .render import MODES, _check_choice, render
+from .noise import estimate_noise
+from .rasterizer import MODES, render
 from .segment import mdbscan
 from .tiles import TILE
+from .validate import check_choice
 
-__all__ = ["denoise", "shift_offsets", "add_noise", "default_kernels", "fit_shift", "ShiftModel",
-           "estimate_noise", "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS",
+__all__ = ["denoise", "shift_offsets", "default_kernels", "fit_shift", "ShiftModel",
+           "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_ITERS", "DEFAULT_SETTINGS",
            "DEFAULT_THRESHOLD", "DEFAULT_AREA_POWER", "DEFAULT_CHROMA_MODELS", "CHROMA_DENSITY", "CHROMA_ITERS",
            "MAX_MODELS", "STOP_CORR", "STOP_FACTOR"]
 
@@ -135,7 +137,7 @@ CHROMA_ITERS = 100
 #: 28.88 dB in 63 s with 130.
 DEFAULT_ITERS = 140
 #: A model of the first set stops once its residual's neighbour correlation
-#: (:func:`smoe.fit.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
+#: (:func:`smoe.fitting.neighbour_correlation`) is at most this.  Pilot at sigma^2 = 0.01, 8 models,
 #: whole images, 300 steps (PSNR against the residual-energy rule, STOP_FACTOR 0.97): kodim03 31.94 dB
 #: (31.88), kodim05 28.87 (28.18), kodim13 26.64 (26.04), kodim23 33.07 (32.96); -0.045 gave 31.92,
 #: 28.99, 26.64, 33.07 but took 82 s on kodim05 against 47 s.  Tighter energy rules could not serve
@@ -245,89 +247,6 @@ def _check_shift_step(step) -> int:
     return int(step)
 
 
-# ------------------------------------------------------------------ noise
-def add_noise(image, variance: float, seed: int = 0, *, clip: bool = True) -> np.ndarray:
-    """Add white Gaussian noise of the given variance (on the [0, 1] scale).
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) array in [0, 1]
-    variance : float
-        sigma^2 of the noise, e.g. 0.01 for sigma = 0.1 (25.5 on 0-255).
-    seed : int
-        Seeds ``numpy.random.default_rng``; the same seed gives the same noise.
-    clip : bool
-        Clip the result to [0, 1], as an 8-bit noisy file would be.  Clipping
-        makes the noise slightly non-Gaussian near black and white (and its
-        mean non-zero there); the benchmarks clip, as the paper's protocol
-        produces displayable noisy images.
-
-    Returns
-    -------
-    float32 array of the input's shape.
-    """
-    if not (isinstance(variance, Real) and math.isfinite(variance) and variance >= 0):
-        raise ValueError(f"noise variance must be a finite number >= 0, got {variance!r}")
-    clean = np.asarray(image, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    noisy = clean + rng.normal(0.0, math.sqrt(variance), clean.shape).astype(np.float32)
-    return np.clip(noisy, 0.0, 1.0) if clip else noisy
-
-
-# ------------------------------------------------------------- noise level
-def estimate_noise(image, *, patch: int = 7) -> float:
-    """Standard deviation of additive white noise in an image, from its patches.
-
-    The covariance of the image's ``patch x patch`` patches is that of the
-    clean patches plus sigma^2 times the identity.  Natural images put their
-    variance into a few principal directions, so once those are set aside the
-    remaining eigenvalues scatter evenly around sigma^2.  Following Chen, Zhu
-    and Heng (ICCV 2015), the largest eigenvalues are dropped one at a time
-    until the mean of those left is no larger than their median, and that
-    mean is the noise variance.  Patches of all channels are pooled, which
-    assumes the same noise level in every channel.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) array
-        Values on the [0, 1] scale; at least ``patch`` pixels on each side.
-    patch : int
-        Patch side in pixels, at least 2.
-
-    Returns
-    -------
-    float
-        sigma on the scale of the image; 0.0 for a noiseless flat image.
-
-    Notes
-    -----
-    Texture finer than a patch looks like noise to any such estimator: on the
-    full Kodak images at sigma^2 = 0.01 the estimated variance is 1-15 % high
-    (most on kodim13's foliage, least on smooth kodim03 and 23), so denoising
-    stops those images a little early.  Pass ``sigma`` to :func:`denoise` when
-    the noise level is known.
-    """
-    img = as_image(image, "image")
-    if isinstance(patch, bool) or not isinstance(patch, Integral) or patch < 2:
-        raise ValueError(f"patch must be a whole number of pixels >= 2, got {patch!r}")
-    h, w, c = img.shape
-    if h < patch or w < patch:
-        raise ValueError(f"image of {h}x{w} pixels is smaller than one {patch}x{patch} patch; give the noise "
-                         "level (sigma) instead of estimating it")
-    # Every third patch on each axis: enough samples for a 49 x 49 covariance, a ninth of the work.
-    stride = 3 if (h - patch) // 3 * ((w - patch) // 3) * c >= 4 * patch * patch else 1
-    planes = np.moveaxis(img.astype(np.float64), 2, 0)
-    windows = np.lib.stride_tricks.sliding_window_view(planes, (patch, patch), axis=(1, 2))
-    samples = windows[:, ::stride, ::stride].reshape(-1, patch * patch)
-    samples = samples - samples.mean(axis=0)
-    eig = np.sort(np.linalg.eigvalsh(samples.T @ samples / len(samples)))[::-1]
-    for first in range(len(eig) - 1):  # a single remaining eigenvalue is its own mean and median
-        tail = eig[first:]
-        if tail.mean() <= np.median(tail):
-            return float(math.sqrt(max(tail.mean(), 0.0)))
-    return float(math.sqrt(max(eig[-1], 0.0)))
-
-
 # ----------------------------------------------------------------- budget
 def default_kernels(height: int, width: int, sigma: float | None = None, *,
                     density: float = DEFAULT_DENSITY) -> int:
@@ -358,7 +277,7 @@ def fit_shift(shift: tuple[int, tuple[int, int]], *, image: np.ndarray, n_kernel
     n_kernels, mode, init, init_options
         As for :func:`smoe.fit`, raster scope.
     settings : dict
-        :class:`smoe.fit.FitSettings` fields.
+        :class:`smoe.fitting.FitSettings` fields.
     scale : int
         Render at ``scale`` times the image's size (the same area).
 
@@ -439,7 +358,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         Most gradient steps per model.
     sigma : float, optional
         Noise standard deviation on [0, 1] if known; by default it is
-        estimated (:func:`estimate_noise`).  It sets the default kernel count
+        estimated (:func:`smoe.noise.estimate_noise`).  It sets the default kernel count
         and the colour models' stop rule.
     stop_corr : float or None
         Stop each model of the first set once the neighbour correlation of
@@ -474,7 +393,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         for ``workers``; it is not closed.  Keep its ``threads_per_worker`` at 1
         for results identical to ``workers=1``.
     **settings
-        Other :class:`smoe.fit.FitSettings` fields (``lam``, learning rates...).
+        Other :class:`smoe.fitting.FitSettings` fields (``lam``, learning rates...).
 
     Returns
     -------
@@ -485,7 +404,7 @@ def denoise(noisy, models: int | None = DEFAULT_MODELS, *, shift_step: int | Non
         Only with ``return_models=True``: the H models, then the colour models.
     """
     img = _noisy_input(noisy)
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     offsets = shift_offsets(models, shift_step)
     if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")

@@ -38,7 +38,8 @@ from .archive import ArchiveError, NpyHeader, Npz
 from .imageio import atomic_write
 from .limits import MAX_KERNELS, MAX_META_BYTES, MAX_PARAMETER, check_frame, load_json, open_regular
 from .model import Model
-from .render import MODES, SCOPES
+from .rasterizer import MODES, SCOPES
+from .version import __version__
 
 __all__ = ["ModelFileError", "save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -93,8 +94,6 @@ def save_model(path, model: Model, *, mode: str, scope: str, height: int, width:
     arrays = model.numpy()
     if arrays["mu"].dtype not in (np.float32, np.float64):
         raise ValueError(f"model dtype must be float32 or float64 to be saved, got {arrays['mu'].dtype}")
-    from . import __version__  # late import: smoe/__init__ may import this module
-
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, metrics
+from . import metrics
 from .imageio import atomic_write_bytes, write_image
 from .model import Model
 from .modelfile import save_model
-from .render import kernels_per_tile, render
+from .rasterizer import kernels_per_tile, render
+from .version import __version__
 
 #: What one fit writes into its output folder.
 FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",

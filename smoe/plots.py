@@ -62,7 +62,7 @@ def plot_convergence(history, path, title: str | None = None) -> None:
     Parameters
     ----------
     history : sequence of dict
-        Records as in :attr:`smoe.fit.FitResult.history`, each with at least
+        Records as in :attr:`smoe.fitting.FitResult.history`, each with at least
         ``iteration``, ``psnr``, ``kernels`` and ``seconds``.
     path : str or os.PathLike
         PNG file to write (atomically).

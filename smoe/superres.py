@@ -24,9 +24,10 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 
-from .fit import as_image, fit
+from .fitting import as_image, fit
 from .limits import MAX_OUTPUT_PIXELS
-from .render import MODES, _check_choice, output_size, render
+from .rasterizer import MODES, output_size, render
+from .validate import check_choice
 
 __all__ = ["upscale", "target_size", "default_kernels", "MAX_OUTPUT_PIXELS", "DEFAULT_DENSITY", "DEFAULT_ITERS",
            "DEFAULT_INIT"]
@@ -105,9 +106,9 @@ def upscale(image, scale: float | None = None, size: tuple[int, int] | None = No
     quiet : bool
         False shows the fit's progress bar.
     return_model : bool
-        Also return the :class:`smoe.fit.FitResult`.
+        Also return the :class:`smoe.fitting.FitResult`.
     **settings
-        Other :class:`smoe.fit.FitSettings` fields.
+        Other :class:`smoe.fitting.FitSettings` fields.
 
     Returns
     -------
@@ -123,7 +124,7 @@ def upscale(image, scale: float | None = None, size: tuple[int, int] | None = No
         any fitting.
     """
     img = as_image(image)
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     h, w = img.shape[:2]
     out_h, out_w = target_size((h, w), scale=scale, size=size)
     if isinstance(sharpen, bool) or not (isinstance(sharpen, Real) and math.isfinite(sharpen) and sharpen > 0):

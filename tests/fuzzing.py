@@ -416,7 +416,7 @@ def _check_model(path: Path) -> str:
 
     from smoe.limits import MAX_OUTPUT_PIXELS
     from smoe.modelfile import ModelFileError, load_model
-    from smoe.render import render
+    from smoe.rasterizer import render
 
     try:
         model, meta = load_model(path)
@@ -467,7 +467,7 @@ def _on_alarm(signum, frame):
 
 def worker(kind: str, start: int, count: int) -> None:
     """Run cases ``start .. start + count - 1`` of ``kind``; print one JSON line per case."""
-    for module in ("smoe.imageio", "smoe.modelfile", "smoe.render"):  # before the cap: part of the baseline
+    for module in ("smoe.imageio", "smoe.modelfile", "smoe.rasterizer"):  # before the cap: part of the baseline
         importlib.import_module(module)
 
     bases = [base_members(i) for i in range(4)] if kind == "model" else base_images()

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from smoe.batch import ENTRY_NAME, LOCK_NAME, BatchError, BatchLock, expand_inputs, fit_batch, output_names
-from smoe.cli import FIT_OUTPUTS, main
+from smoe.cli import main
 from smoe.imageio import read_image, write_image
 from smoe.modelfile import load_model
+from smoe.outputs import FIT_OUTPUTS
 
 FAST = ["-n", "20", "--iters", "10", "--quiet"]
 OPTIONS = {"n_kernels": 20, "iters": 10}

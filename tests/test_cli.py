@@ -1,5 +1,6 @@
 """The smoe command line, run in-process through ``main([...])`` on tiny images."""
 
+import functools
 import json
 import struct
 import os
@@ -11,16 +12,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import smoe.fitting
 from smoe import cli
-from smoe.cli import FIT_OUTPUTS, main
+from smoe.cli import main
 from smoe.imageio import ImageError, read_image, write_image
 from smoe.modelfile import ModelFileError, load_model
+from smoe.outputs import FIT_OUTPUTS
 
 H, W = 48, 64
 FAST = ["-n", "30", "--iters", "20", "--quiet"]
 METRIC_KEYS = {"psnr", "ssim", "ms_ssim", "lpips", "kernels_initial", "kernels_final", "kernels_per_tile",
                "iterations", "stop_reason", "init_seconds", "fit_seconds", "render_ms", "versions", "settings",
                "image"}
+
+
+def _replace_fit(monkeypatch, fake):
+    """Stand ``fake`` in for smoe's fit; it keeps fit's signature, from which the parser reads its defaults."""
+    monkeypatch.setattr(smoe.fitting, "fit", functools.wraps(smoe.fitting.fit)(fake))
 
 
 def _tiny_image(path):
@@ -186,7 +194,7 @@ def test_fit_rejects_bad_options(options, image, tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["under-a-file", "is-a-file"])
 def test_fit_refuses_unwritable_outdir_before_fitting(where, image, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "fit", lambda *a, **k: pytest.fail("fit ran although the output cannot be written"))
+    _replace_fit(monkeypatch, lambda *a, **k: pytest.fail("fit ran although the output cannot be written"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = blocker / "sub" / "dir" if where == "under-a-file" else blocker
@@ -199,7 +207,7 @@ def test_failed_fit_removes_the_directories_it_created(image, tmp_path, capsys, 
     def broken(*args, **kwargs):
         raise ValueError("simulated failure")
 
-    monkeypatch.setattr(cli, "fit", broken)
+    _replace_fit(monkeypatch, broken)
     assert main(["fit", str(image), *FAST, "-o", str(tmp_path / "a" / "b")]) == 2
     assert "simulated failure" in _one_line_error(capsys)
     assert not (tmp_path / "a").exists()
@@ -209,7 +217,7 @@ def test_interrupt_exits_130(image, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "fit", interrupted)
+    _replace_fit(monkeypatch, interrupted)
     assert main(["fit", str(image), *FAST, "-o", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err == "smoe: interrupted\n"
     assert not (tmp_path / "out").exists()

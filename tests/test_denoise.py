@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from smoe import render
-from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, add_noise,
-                            default_kernels, denoise, estimate_noise, shift_offsets)
+from smoe.denoising import (DEFAULT_AREA_POWER, DEFAULT_CHROMA_MODELS, STOP_CORR, STOP_FACTOR, default_kernels,
+                            denoise, shift_offsets)
+from smoe.noise import add_noise, estimate_noise
 
 H, W = 48, 64
 FAST = {"n_kernels": 40, "iters": 15}

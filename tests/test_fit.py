@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import smoe
-from smoe.fit import fit, neighbour_correlation
+from smoe.fitting import fit, neighbour_correlation
 from smoe.initializers import available, initialize
 
 

@@ -68,7 +68,7 @@ def _in_subprocess(code: str, *, cap_mb: int | None = None, timeout: float = 120
     """
     prelude = textwrap.dedent(f"""
         import json, resource, sys
-        import smoe.modelfile, smoe.imageio, smoe.render
+        import smoe.modelfile, smoe.imageio, smoe.rasterizer
         def status_mb(field):  # VmHWM, not ru_maxrss: the latter keeps the parent's peak across exec
             return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) / 1024
         idle = status_mb("VmRSS")
@@ -216,7 +216,7 @@ def test_5_parameters_below_the_limit_render_finite(tmp_path, base):
 
 
 def smoe_render(model, meta, mode):
-    from smoe.render import render
+    from smoe.rasterizer import render
 
     with torch.no_grad():
         return render(model, meta["height"], meta["width"], mode=mode, scope=meta["scope"])

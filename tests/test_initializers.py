@@ -14,7 +14,7 @@ import pytest
 from conftest import KODAK
 
 import smoe
-from smoe.fit import fit
+from smoe.fitting import fit
 from smoe.initializers import available, initialize
 from smoe.initializers.kmeans import block_kmeans
 from smoe.segment import mdbscan

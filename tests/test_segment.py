@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from smoe.segment import boundaries, draw_segmentation, mdbscan, segment_stats
+from smoe.labels import boundaries, draw_segmentation, segment_stats
+from smoe.segment import mdbscan
 
 # ----------------------------------------------------------------------------
 # Helpers

@@ -103,7 +103,7 @@ def test_bad_arguments_fail_before_fitting(kwargs, match, monkeypatch):
 
 
 def test_cli_render_refuses_outputs_past_the_pixel_limit(tmp_path, capsys, monkeypatch):
-    from smoe import cli
+    import smoe.rasterizer
     from smoe.modelfile import save_model
 
     model_file = tmp_path / "m.smoe.npz"
@@ -114,7 +114,7 @@ def test_cli_render_refuses_outputs_past_the_pixel_limit(tmp_path, capsys, monke
     height = MAX_OUTPUT_PIXELS // width + 1
     assert MAX_OUTPUT_PIXELS < width * height <= MAX_OUTPUT_PIXELS + width
     # Should the size check be missing, fail at once instead of allocating a 100-megapixel raster.
-    monkeypatch.setattr(cli, "render", lambda *a, **k: pytest.fail("rendered an output past the pixel limit"))
+    monkeypatch.setattr(smoe.rasterizer, "render", lambda *a, **k: pytest.fail("rendered an output past the pixel limit"))
     out = tmp_path / "o" / "big.png"
     assert main(["render", str(model_file), "--size", f"{width}x{height}", "-o", str(out)]) == 2
     err = _one_line_error(capsys)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import register, require_budget, round_kernels
+from .registry import require_budget, round_kernels
 
 
-@register("grid")
 def grid_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, bandwidth: float = 0.5):
     """Round kernels on a regular grid of about ``n_kernels`` points.
 

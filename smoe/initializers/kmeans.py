@@ -35,7 +35,7 @@ import numpy as np
 
 from ..model import Model
 from ..validate import check_finite, is_whole
-from .registry import register, require_budget, round_kernels
+from .registry import require_budget, round_kernels
 
 #: Clusters per block when neither ``k`` nor ``block_size`` is given (Verhack et al. use a few per block).
 DEFAULT_K = 4
@@ -46,7 +46,6 @@ DEFAULT_K = 4
 DEFAULT_BANDWIDTH = 0.5
 
 
-@register("kmeans")
 def kmeans_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, k: int | None = None,
                 block_size: float | None = None, colour_weight: float = 1.0, iters: int = 10,
                 bandwidth: float = DEFAULT_BANDWIDTH) -> Model:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import register, require_budget, round_kernels
+from .registry import require_budget, round_kernels
 
 
-@register("random")
 def random_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, sigma: float = 5.0):
     """Place ``n_kernels`` round kernels of ``sigma`` px uniformly at random.
 

@@ -2,14 +2,17 @@
 
 An initializer is a function ``init(image, n_kernels, *, rng, **options) -> Model``
 taking a float image of shape (H, W, C) in [0, 1], a kernel budget and a
-``numpy.random.Generator``.  It registers itself under a name with
-:func:`register`; :func:`initialize` looks it up by that name and checks what
-every initializer shares (its options, the kernel budget), so adding an
-initializer never touches the fitting code.
+``numpy.random.Generator``.  The built-in ones are listed in :data:`BUILTINS`
+and imported on first use, so importing this module imports none of them and
+they never import each other through it; others join with :func:`register`.
+:func:`initialize` looks an initializer up by name and checks what every
+initializer shares (its options, the kernel budget), so adding an initializer
+never touches the fitting code.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Callable
 
@@ -18,6 +21,16 @@ import numpy as np
 from ..model import Model
 from ..validate import check_kernel_count
 
+#: Built-in initializer name -> ``"module:function"``, imported on first use.
+BUILTINS = {
+    "adaptive": "smoe.initializers.adaptive:adaptive_init",
+    "grid": "smoe.initializers.grid:grid_init",
+    "kmeans": "smoe.initializers.kmeans:kmeans_init",
+    "random": "smoe.initializers.random:random_init",
+    "segment": "smoe.initializers.segment:segment_init",
+}
+
+# name -> function, for names passed to register() and built-ins already imported
 _REGISTRY: dict[str, Callable[..., Model]] = {}
 
 
@@ -31,7 +44,16 @@ def register(name: str):
 
 def available() -> list[str]:
     """Names of the registered initializers."""
-    return sorted(_REGISTRY)
+    return sorted(set(BUILTINS) | set(_REGISTRY))
+
+
+def _lookup(name: str) -> Callable[..., Model]:
+    if name not in _REGISTRY:
+        if name not in BUILTINS:
+            raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(available())}")
+        module, function = BUILTINS[name].split(":")
+        _REGISTRY[name] = getattr(importlib.import_module(module), function)
+    return _REGISTRY[name]
 
 
 def initialize(name: str, image: np.ndarray, n_kernels: int | None, *, seed: int = 0, **options) -> Model:
@@ -41,9 +63,7 @@ def initialize(name: str, image: np.ndarray, n_kernels: int | None, *, seed: int
     ``n_kernels=None`` is for initializers that choose their own count; the
     others raise ValueError.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(available())}")
-    fn = _REGISTRY[name]
+    fn = _lookup(name)
     params = inspect.signature(fn).parameters.values()
     accepted = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name != "rng"]
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params)  # such initializers check their own options

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..segment import mdbscan
 from ..validate import check_finite, is_real
-from .registry import register, require_budget, round_kernels
+from .registry import require_budget, round_kernels
 
 #: Kernel standard deviation in units of the grid spacing ``sqrt(H W / L)``.
 #: Half the spacing beat the full spacing on kodim23 both at the start (four
@@ -37,7 +37,6 @@ from .registry import register, require_budget, round_kernels
 DEFAULT_BANDWIDTH = 0.5
 
 
-@register("segment")
 def segment_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator, threshold: float = 40.0,
                  sigma: float = 1.0, labels: np.ndarray | None = None, bandwidth: float = DEFAULT_BANDWIDTH,
                  area_power: float = 1.0):

@@ -18,7 +18,7 @@ are silent or where measurement overruled them:
 * :mod:`.export`: turning the local models into image kernels.
 
 This module runs them in turn (:func:`adaptive_init_with_report`) and
-registers the initializer as ``"adaptive"``.
+is the initializer the registry names ``"adaptive"``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from ...model import Model
 from ...segment import mdbscan
 from ...tiles import TILE
 from ...validate import check_choice, check_finite, check_kernel_count
-from ..registry import register
 from .blocks import Blocks, corona_blocks, dense_labels, extract_blocks, resample_weights
 from .export import EXPORTS, export_kernels, inside_kernels, map_to_image
 from .local_fit import LocalFitSettings, check_int, fit_block_chunk, fit_blocks
@@ -249,7 +248,6 @@ def _report(dense: np.ndarray, local: dict, kept: dict, n_final: int, times: tup
     )
 
 
-@register("adaptive")
 def adaptive_init(image: np.ndarray, n_kernels: int | None, *, rng: np.random.Generator, **options) -> Model:
     """AS-SMoE initialization (AS paper, Section IV); see :func:`adaptive_init_with_report`.
 

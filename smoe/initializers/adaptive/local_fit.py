@@ -5,7 +5,7 @@ round with standard deviation ``block / (2 sqrt(L))`` (about 5 px: ten such
 disks tile the block), ``pi = 1 / L``, experts = the block pixel under the
 centre.  Per block the loss is MSE + ``lam * sum(pi)``; the parameters are
 those of :mod:`smoe.parameters` (centres, ``(log b00, b10, log b11)``,
-``pi`` and experts), as in :mod:`smoe.fit`.  Every iteration each block's
+``pi`` and experts), as in :mod:`smoe.fitting`.  Every iteration each block's
 PSNR is measured and its best parameters (by PSNR) are kept; a block whose
 PSNR reaches ``target_psnr`` is frozen and leaves the mosaic.  Kernels whose
 ``pi`` drops to ``<= 0`` are removed at once.  Every ``double_every``

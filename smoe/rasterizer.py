@@ -28,15 +28,11 @@ import torch
 from . import fused_cpu, reference
 from .model import Model, rescale
 from .tiles import TileGrid, active_kernels, bin_kernels
+from .validate import check_choice
 
 MODES = ("smoe", "rbf")
 SCOPES = ("raster", "global")
 BACKENDS = ("auto", "cpu", "torch")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
@@ -78,9 +74,9 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     -------
     (height, width, C) tensor, differentiable with respect to all four inputs.
     """
-    _check_choice("mode", mode, MODES)
-    _check_choice("scope", scope, SCOPES)
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("mode", mode, MODES)
+    check_choice("scope", scope, SCOPES)
+    check_choice("backend", backend, BACKENDS)
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if not (math.isfinite(sharpen) and sharpen > 0):

@@ -23,7 +23,8 @@ import torch
 
 from .initializers import initialize
 from .model import Model
-from .render import MODES, SCOPES, _check_choice, kernels_per_tile, rasterize
+from .rasterizer import MODES, SCOPES, kernels_per_tile, rasterize
+from .validate import check_choice
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,8 @@ def fit(image, n_kernels: int | None = 2000, *, mode: str = "smoe", scope: str =
     -------
     FitResult
     """
-    _check_choice("mode", mode, MODES)
-    _check_choice("scope", scope, SCOPES)
+    check_choice("mode", mode, MODES)
+    check_choice("scope", scope, SCOPES)
     cfg = FitSettings(**settings).validate()
     if mode == "rbf" and cfg.lam > 0:
         raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode='smoe' or lam=0")
