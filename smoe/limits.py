@@ -117,7 +117,7 @@ def open_regular(path, what: str):
     except IsADirectoryError:
         raise ValueError(f"is a directory, not {what}") from None
     except OSError as exc:
-        raise ValueError(f"cannot open ({exc.strerror or exc}); check the file and its permissions") from None
+        raise ValueError(f"cannot read ({exc.strerror or exc}); check the file and its permissions") from None
     try:
         kind = _kind(os.fstat(fd).st_mode)
         if kind is not None:
