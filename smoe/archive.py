@@ -111,7 +111,6 @@ class Npz:
 
     def __init__(self, handle, size: int):
         self._handle = handle
-        self._size = size
         self._members = _directory(handle, size)
         self._headers: dict[str, NpyHeader] = {}
         self.names = tuple(self._members)
@@ -131,8 +130,8 @@ class Npz:
     def chunks(self, name: str, row_bytes: int = 1):
         """Yield the data of member ``name`` as bytes objects of whole rows of ``row_bytes`` bytes.
 
-        Length and CRC are checked when the stream ends; a mismatch raises
-        :class:`ArchiveError` before the last chunk is yielded.
+        Length and CRC are checked when the stream ends, after the last chunk;
+        a mismatch raises :class:`ArchiveError`.
         """
         header = self.header(name)
         skip, carry = header.length, b""
@@ -232,10 +231,11 @@ def _directory(handle, size: int) -> dict[str, _Member]:
     directory = handle.read(cd_size)
     members, spans, pos = {}, [], 0
     for _ in range(total):
-        name, member, pos, local_at = _central_entry(directory, pos)
+        raw, member, pos, local_at = _central_entry(directory, pos)
+        data_end = _check_local(handle, local_at, raw, member)
+        name = raw[:-4] if raw.endswith(".npy") else raw
         if name in members:
             raise ArchiveError(f"member {name!r} is listed twice")
-        data_end = _check_local(handle, local_at, name, member)
         if data_end > cd_at:
             raise ArchiveError(f"member {name!r} runs into the central directory (corrupt)")
         spans.append((local_at, data_end))
@@ -243,7 +243,7 @@ def _directory(handle, size: int) -> dict[str, _Member]:
     spans.sort()
     if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
         raise ArchiveError("members overlap (a crafted archive)")
-    return {name[:-4] if name.endswith(".npy") else name: m for name, m in members.items()}
+    return members
 
 
 def _central_entry(directory: bytes, pos: int):
@@ -362,8 +362,10 @@ def _npy_header(head: bytes, name: str) -> NpyHeader:
         raise ArchiveError(f"member {name!r} has an unsupported .npy dtype or shape")
     try:
         dtype = np.dtype(descr)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ArchiveError(f"member {name!r} has an unknown dtype {descr!r}") from None
+    if dtype.itemsize == 0:
+        raise ArchiveError(f"member {name!r} has a dtype of 0 bytes ({descr!r})")
     shape = _shape(items["shape"], name)
     return NpyHeader(dtype, shape, items["fortran_order"] == "True", start + length)
 
