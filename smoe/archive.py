@@ -225,6 +225,8 @@ def _directory(handle, size: int) -> dict[str, _Member]:
         raise ArchiveError("multi-part zip archives are not supported")
     if total > MAX_MEMBERS:
         raise ArchiveError(f"archive lists {total} members; a model file has at most {MAX_MEMBERS}")
+    if cd_size > total * (_CENTRAL.size + 3 * 0xFFFF):
+        raise ArchiveError("central directory is larger than its entries can be (corrupt)")
     if cd_at + cd_size > end_at:
         raise ArchiveError("central directory lies outside the file (truncated or corrupt)")
     handle.seek(cd_at)

@@ -185,12 +185,14 @@ def test_4_fifo_refused_at_once(tmp_path, argv, name):
     assert done.returncode == 2 and "FIFO" in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
-def test_4_device_refused_at_once(capsys):
+def test_4_device_refused_at_once(tmp_path, capsys):
     if not Path("/dev/zero").exists():
         pytest.skip("no /dev/zero")
     with pytest.raises(ImageError, match="character device"):
         read_image("/dev/zero")
     _cli_refuses(capsys, ["info", "/dev/zero"], "character device")
+    _cli_refuses(capsys, ["fit", "/dev/zero", "-o", str(tmp_path / "out")], "character device")
+    assert not (tmp_path / "out").exists()
 
 
 # ============================================================ 5: absurd values
