@@ -7,8 +7,8 @@ divided by 65535, 8-bit ones by 255.
 
 Pillow keeps 16-bit *colour* images only at 8 bits per sample, so this module
 recovers the full 16 bits of RGB/RGBA PNG and TIFF files itself (see
-:func:`_decode_wide`) and writes 16-bit PNG and TIFF files with small encoders of
-its own.
+:func:`_decode_wide`) and writes 16-bit PNG and TIFF files, and PNG rows too
+wide for Pillow, with small encoders of its own (:mod:`smoe.encoders`).
 
 Converting colour to grey uses the ITU-R BT.601 luma weights
 ``Y = 0.299 R + 0.587 G + 0.114 B`` (the weights of JPEG and of Pillow's ``"L"``
@@ -27,15 +27,14 @@ import os
 import re
 import secrets
 import stat
-import struct
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import encoders
 from .imagecheck import check_image, pillow_warnings
 from .limits import MAX_IMAGE_BYTES, read_regular
 
@@ -176,16 +175,21 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     Returns
     -------
     (H, W) or (H, W, 3) float array in [0, 1], turned upright by its EXIF orientation.
+
+    Raises
+    ------
+    ImageError
+        For anything a bad file can cause: a header above the pixel limit,
+        data that do not fill the header's size (:mod:`smoe.imagecheck`),
+        truncated or corrupt data, and any exception Pillow raises on it.
     """
     try:
         with pillow_warnings():
             return _decode(data, path)
-    except ImageError:
+    except (ImageError, MemoryError):
         raise
     except ValueError as exc:  # a truncation warning from pillow_warnings
         raise ImageError(f"{path}: {exc}") from exc
-    except MemoryError:
-        raise
     except Exception as exc:  # crafted files make Pillow raise TypeError, struct.error, ... from anywhere
         raise ImageError(f"{path}: corrupt image ({_one_line(exc)})") from exc
 
@@ -380,9 +384,12 @@ def write_image(path, image, *, bits: int = 8) -> None:
         raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {path.suffix!r}")
     codes = _quantize(_as_hwc(image, path), bits, path)
     if fmt == "PNG" and (bits == 16 or codes.shape[1] * 4 * 8 > _PILLOW_MAX_ROW_BITS):
-        encoded = _png(codes)
+        encoded = encoders.png(codes, _BAND)
     elif bits == 16:
-        encoded = _tiff16(codes)
+        try:
+            encoded = encoders.tiff16(codes)
+        except ValueError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
     else:
         encoded = _pillow_encode(codes, fmt)
     atomic_write_bytes(path, encoded)
@@ -428,81 +435,6 @@ def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def _png(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint8 or uint16, C in {1, 3} -> bytes of a PNG of that depth, filtered in row bands.
-
-    Used for 16 bits (Pillow cannot write 16-bit RGB) and for rows too wide
-    for Pillow's encoder (about 89 megapixels of RGB); temporaries stay one
-    band of about :data:`_BAND` samples plus the compressed output.
-    """
-    h, w, c = codes.shape
-    depth = 8 * codes.dtype.itemsize
-    rows = codes.astype(">u2" if depth == 16 else np.uint8, copy=False).reshape(h, w * c).view(np.uint8)
-    # "Sub" filter on every row: each byte minus the same byte of the previous
-    # pixel; smooth images compress far better than with no filter.
-    step = c * depth // 8
-    packer, parts = zlib.compressobj(6), []
-    band = max(1, _BAND // rows.shape[1])
-    for r0 in range(0, h, band):
-        block = rows[r0:r0 + band]
-        scanlines = np.empty((block.shape[0], block.shape[1] + 1), np.uint8)
-        scanlines[:, 0] = 1
-        scanlines[:, 1:step + 1] = block[:, :step]
-        scanlines[:, step + 1:] = block[:, step:] - block[:, :-step]  # uint8 arithmetic wraps mod 256
-        parts.append(packer.compress(scanlines))
-    parts.append(packer.flush())
-    header = struct.pack(">IIBBBBB", w, h, depth, 0 if c == 1 else 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", b"".join(parts))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _tiff16(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint16, C in {1, 3} -> bytes of an uncompressed little-endian baseline TIFF."""
-    h, w, c = codes.shape
-    pixels = codes.astype("<u2").tobytes()
-    if len(pixels) >= 2**32 - 4096:
-        raise ImageError(f"image of {h}x{w}x{c} is too large for a 16-bit TIFF; write a PNG")
-    short, long_, rational = 3, 4, 5
-    n_tags = 13
-    extra_at = 8 + 2 + 12 * n_tags + 4
-    bits_at = extra_at                      # BitsPerSample array when C > 2
-    resolution_at = bits_at + 2 * c         # two RATIONALs of 72/1
-    data_at = resolution_at + 16
-    bits_value = struct.pack("<H", 16) * c if c <= 2 else struct.pack("<I", bits_at)
-    tags = [
-        (256, long_, 1, struct.pack("<I", w)),
-        (257, long_, 1, struct.pack("<I", h)),
-        (258, short, c, bits_value),
-        (259, short, 1, struct.pack("<H", 1)),                   # no compression
-        (262, short, 1, struct.pack("<H", 1 if c == 1 else 2)),  # BlackIsZero / RGB
-        (273, long_, 1, struct.pack("<I", data_at)),
-        (277, short, 1, struct.pack("<H", c)),
-        (278, long_, 1, struct.pack("<I", h)),                   # one strip
-        (279, long_, 1, struct.pack("<I", len(pixels))),
-        (282, rational, 1, struct.pack("<I", resolution_at)),
-        (283, rational, 1, struct.pack("<I", resolution_at + 8)),
-        (284, short, 1, struct.pack("<H", 1)),                   # interleaved samples
-        (296, short, 1, struct.pack("<H", 1)),                   # no absolute unit
-    ]
-    assert len(tags) == n_tags
-    ifd = struct.pack("<H", n_tags) + b"".join(
-        struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0") for tag, kind, count, value in tags
-    ) + struct.pack("<I", 0)
-    extra = struct.pack("<H", 16) * c + struct.pack("<IIII", 72, 1, 72, 1)
-    out = b"II*\0" + struct.pack("<I", 8) + ifd + extra
-    assert len(out) == data_at
-    return out + pixels
 
 
 # ============================================================ atomic writing

@@ -316,6 +316,6 @@ def test_2_rows_too_wide_for_pillow_are_written_by_the_own_png_encoder(tmp_path,
     image = np.random.default_rng(3).random((5, 40, 3)).astype(np.float32)
     imageio.write_image(tmp_path / "pillow.png", image)
     monkeypatch.setattr(imageio, "_PILLOW_MAX_ROW_BITS", 8)
-    monkeypatch.setattr(imageio, "_BAND", 50)  # several bands
+    monkeypatch.setattr(imageio, "_BAND", 50)  # several bands of the quantizer and the encoder
     imageio.write_image(tmp_path / "own.png", image)
     assert np.array_equal(read_image(tmp_path / "own.png"), read_image(tmp_path / "pillow.png"))
