@@ -312,74 +312,81 @@ def _bad_npy_header(arrays: dict, meta: dict, rng: random.Random) -> bytes:
     return {name: header + body}
 
 
+def _bomb_member(arrays: dict, meta: dict, rng: random.Random) -> bytes:
+    """A member that declares a huge size of zeros."""
+    name = rng.choice(["mu", "meta", "chol"])
+    size = rng.choice([1 << 31, 1 << 26, 3 << 20])
+    dims = {"mu": (size // 8, 2), "chol": (size // 12, 3), "meta": (size,)}[name]
+    dtype = "|u1" if name == "meta" else "<f4"
+    count = int(np.prod(dims)) * (1 if name == "meta" else 4)
+    return model_file(arrays, meta, **{name: (npy_header_bytes(dtype, dims), count)})
+
+
+def _shuffled_members(arrays: dict, meta: dict, rng: random.Random) -> bytes:
+    """Members removed, doubled, added or replaced by junk."""
+    members = {k: npy_bytes(v) for k, v in arrays.items()}
+    members["meta"] = npy_bytes(np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    for _ in range(rng.randint(1, 3)):
+        action, key = rng.randrange(3), rng.choice(list(members))
+        if action == 0:
+            members.pop(key)
+        elif action == 1:
+            members[f"x{rng.randrange(99)}"] = members[key]
+        else:
+            members[key] = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+    return zip_bytes(members, method=rng.choice([0, 8]))
+
+
+def _doubled_entry(data: bytes, rng: random.Random) -> bytes:
+    """A central directory entry listed twice (members then overlap), sometimes patched too."""
+    at = data.find(b"PK\x01\x02")
+    end = data.find(b"PK\x01\x02", at + 4)
+    if at < 0 or end < 0:
+        return data
+    doubled = data[:end] + data[at:]
+    return _patch_zip_field(doubled, rng) if rng.random() < 0.3 else doubled
+
+
+_MODEL_RECIPES = (
+    lambda b, rng: flip_bytes(b["file"], rng),
+    lambda b, rng: truncate(b["file"], rng),
+    lambda b, rng: _patch_zip_field(b["file"], rng),
+    lambda b, rng: model_file(b["arrays"], _bad_meta(b["meta"], rng)),
+    lambda b, rng: model_file(_bad_values(b["arrays"], rng), b["meta"]),
+    lambda b, rng: model_file(b["arrays"], b["meta"], **_bad_npy_header(b["arrays"], b["meta"], rng)),
+    lambda b, rng: _bomb_member(b["arrays"], b["meta"], rng),
+    lambda b, rng: _shuffled_members(b["arrays"], b["meta"], rng),
+    lambda b, rng: flip_bytes(b["file"], rng, count=rng.randint(20, 200)),
+    lambda b, rng: _doubled_entry(b["file"], rng),
+    lambda b, rng: _patch_zip_field(_patch_zip_field(b["file"], rng), rng),
+    lambda b, rng: model_file(_bad_values(_bad_values(b["arrays"], rng), rng),
+                              _bad_meta(b["meta"], rng) if rng.random() < 0.3 else b["meta"]),
+)
+
+_IMAGE_RECIPES = (
+    flip_bytes,
+    truncate,
+    lambda data, rng: _patch_dimensions(data, rng),
+    lambda data, rng: flip_bytes(data, rng, count=rng.randint(10, 100)),
+    lambda data, rng: _patch_dimensions(truncate(data, rng) if rng.random() < 0.3 else data, rng),
+    lambda data, rng: _cut(data, rng),
+)
+
+
 def mutate_model(seed: int, bases: list) -> bytes:
-    """The model file of fuzz case ``seed``."""
+    """The model file of fuzz case ``seed``: one recipe of :data:`_MODEL_RECIPES` on one base model."""
     rng = random.Random(seed)
-    base = bases[seed % len(bases)][0]
-    arrays, meta, data = base["arrays"], base["meta"], base["file"]
-    recipe = rng.randrange(12)
-    if recipe == 0:
-        return flip_bytes(data, rng)
-    if recipe == 1:
-        return truncate(data, rng)
-    if recipe == 2:
-        return _patch_zip_field(data, rng)
-    if recipe == 3:
-        return model_file(arrays, _bad_meta(meta, rng))
-    if recipe == 4:
-        return model_file(_bad_values(arrays, rng), meta)
-    if recipe == 5:
-        fields = _bad_npy_header(arrays, meta, rng)
-        return model_file(arrays, meta, **fields)
-    if recipe == 6:  # bomb members: huge declared sizes of zeros
-        name = rng.choice(["mu", "meta", "chol"])
-        size = rng.choice([1 << 31, 1 << 26, 3 << 20])
-        dims = {"mu": (size // 8, 2), "chol": (size // 12, 3), "meta": (size,)}[name]
-        dtype = "|u1" if name == "meta" else "<f4"
-        count = int(np.prod(dims)) * (1 if name == "meta" else 4)
-        return model_file(arrays, meta, **{name: (npy_header_bytes(dtype, dims), count)})
-    if recipe == 7:  # members removed, doubled or added
-        members = {k: npy_bytes(v) for k, v in arrays.items()}
-        members["meta"] = npy_bytes(np.frombuffer(json.dumps(meta).encode(), np.uint8))
-        for _ in range(rng.randint(1, 3)):
-            action = rng.randrange(3)
-            key = rng.choice(list(members))
-            if action == 0:
-                members.pop(key)
-            elif action == 1:
-                members[f"x{rng.randrange(99)}"] = members[key]
-            else:
-                members[key] = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
-        return zip_bytes(members, method=rng.choice([0, 8]))
-    if recipe == 8:
-        return flip_bytes(data, rng, count=rng.randint(20, 200))
-    if recipe == 9:  # a duplicated central directory entry or overlapping members
-        at = data.find(b"PK\x01\x02")
-        end = data.find(b"PK\x01\x02", at + 4)
-        if at < 0 or end < 0:
-            return data
-        return _patch_zip_field(data[:end] + data[at:], rng) if rng.random() < 0.3 else data[:end] + data[at:]
-    if recipe == 10:
-        return _patch_zip_field(_patch_zip_field(data, rng), rng)
-    return model_file(_bad_values(_bad_values(arrays, rng), rng), _bad_meta(meta, rng) if rng.random() < 0.3
-                      else meta)
+    return _MODEL_RECIPES[rng.randrange(len(_MODEL_RECIPES))](bases[seed % len(bases)][0], rng)
 
 
 def mutate_image(seed: int, bases: list) -> bytes:
-    """The image file of fuzz case ``seed``."""
+    """The image file of fuzz case ``seed``: one recipe of :data:`_IMAGE_RECIPES` on one base image."""
     rng = random.Random(seed)
-    data = bases[seed % len(bases)]
-    recipe = rng.randrange(6)
-    if recipe == 0:
-        return flip_bytes(data, rng)
-    if recipe == 1:
-        return truncate(data, rng)
-    if recipe == 2:
-        return _patch_dimensions(data, rng)
-    if recipe == 3:
-        return flip_bytes(data, rng, count=rng.randint(10, 100))
-    if recipe == 4:
-        return _patch_dimensions(truncate(data, rng) if rng.random() < 0.3 else data, rng)
+    return _IMAGE_RECIPES[rng.randrange(len(_IMAGE_RECIPES))](bases[seed % len(bases)], rng)
+
+
+def _cut(data: bytes, rng: random.Random) -> bytes:
+    """Up to 64 bytes removed from the middle."""
     at = rng.randrange(len(data))
     return data[:at] + data[at + rng.randint(1, 64):]
 
