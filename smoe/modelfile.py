@@ -21,8 +21,8 @@ fit settings).
 Loading never unpickles: :mod:`smoe.archive` parses the zip structure and
 the ``.npy`` headers itself and refuses an array of Python objects, so opening
 a model file from a stranger cannot run code; sizes are checked against the
-caps of :mod:`smoe.limits` before memory is committed.  Parameters are stored in their
-own dtype, so a saved model renders bit-identically after loading.
+caps of :mod:`smoe.limits` before memory is committed.  Parameters are stored
+in their own dtype, so a saved model renders bit-identically after loading.
 """
 
 from __future__ import annotations
