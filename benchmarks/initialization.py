@@ -70,7 +70,7 @@ from smoe.fitting import as_image, fit
 from smoe.imageio import atomic_write_bytes, read_image, write_image
 from smoe.initializers import initialize
 from smoe.initializers.adaptive import adaptive_init_with_report
-from smoe.metrics import lpips, psnr, ssim
+from smoe.metrics import evaluate
 from smoe.rasterizer import render
 from smoe.labels import draw_segmentation
 from smoe.segment import mdbscan
@@ -102,7 +102,8 @@ def score(image: np.ndarray, model) -> tuple[float, float, np.ndarray]:
     """PSNR and SSIM of a model rendered on the image's raster, and the render."""
     h, w, _ = image.shape
     out = render(model, h, w).detach().numpy()
-    return psnr(image, out), ssim(image, out), out
+    q = evaluate(image, out, lpips=False)
+    return q["psnr"], q["ssim"], out
 
 
 def curve(res, init_seconds: float, init_psnr: float) -> list[tuple[int, float, float]]:
@@ -269,10 +270,10 @@ def sparsified_fits(image, stem, colour, args, known_as) -> list[dict]:
         row = {"section": "Table III", "image": stem, "colour": colour, "d_Th": thr}
         for name, start in starts.items():
             res = run_fit(image, start, args, log_every=args.iters, lam=args.table3_lam, lr_pi=args.table3_lr_pi)
-            out = render(res.model, h, w).detach().numpy()
+            q = evaluate(image, render(res.model, h, w).detach().numpy())
             row |= {f"{name} L_init": len(start), f"{name} L_opt": len(res.model),
-                    f"{name} PSNR": round(psnr(image, out), 2), f"{name} SSIM": round(ssim(image, out), 4),
-                    f"{name} LPIPS": round(lpips(image, out), 4), f"{name} fit s": round(res.fit_seconds, 1)}
+                    f"{name} PSNR": round(q["psnr"], 2), f"{name} SSIM": round(q["ssim"], 4),
+                    f"{name} LPIPS": round(q["lpips"], 4), f"{name} fit s": round(res.fit_seconds, 1)}
         rows.append(row)
         log(f"{stem} {colour}: Table III at d_Th {thr:g} done (L_init {L})")
     return rows

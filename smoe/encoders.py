@@ -1,9 +1,10 @@
 """Image encoders of our own, for what Pillow cannot write.
 
-Pillow writes 16-bit samples only for grey images and refuses rows of more
-than about 89 megapixels of RGB.  :func:`png` writes 8- or 16-bit PNG files of
-any size, filtering in row bands so that temporaries stay small;
-:func:`tiff16` writes an uncompressed 16-bit baseline TIFF.
+Pillow writes 16-bit samples only for grey images, refuses rows of more than
+about 89 megapixels of RGB and spends more time choosing PNG filters than it
+saves in bytes.  :func:`png` writes 8- or 16-bit PNG files of any size,
+filtering in row bands so that temporaries stay small; :func:`tiff16` writes an
+uncompressed 16-bit baseline TIFF.
 
 Examples
 --------
@@ -19,15 +20,24 @@ import zlib
 
 import numpy as np
 
-__all__ = ["png", "tiff16"]
+__all__ = ["png", "tiff16", "BAND_SAMPLES"]
+
+#: Samples filtered and compressed at a time (whole rows, at least one).
+BAND_SAMPLES = 1 << 20
 
 
-def png(codes: np.ndarray, band_samples: int = 1 << 20) -> bytes:
+def png(codes: np.ndarray, level: int = 6) -> bytes:
     """(H, W, C) uint8 or uint16, C in {1, 3} -> bytes of a PNG of that depth, filtered in row bands.
 
-    Used for 16 bits (Pillow cannot write 16-bit RGB) and for rows too wide
-    for Pillow's encoder (about 89 megapixels of RGB); temporaries stay one
-    band of about ``band_samples`` samples plus the compressed output.
+    Every row gets the "Sub" filter and the stream is zlib at ``level``;
+    temporaries stay one band of about :data:`BAND_SAMPLES` samples plus the
+    compressed output, so rows of any width (a 1 x 10**8 render) are written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> len(png(np.zeros((4, 4, 3), np.uint16))) > 0
+    True
     """
     h, w, c = codes.shape
     depth = 8 * codes.dtype.itemsize
@@ -35,8 +45,8 @@ def png(codes: np.ndarray, band_samples: int = 1 << 20) -> bytes:
     # "Sub" filter on every row: each byte minus the same byte of the previous
     # pixel; smooth images compress far better than with no filter.
     step = c * depth // 8
-    packer, parts = zlib.compressobj(6), []
-    band = max(1, band_samples // rows.shape[1])
+    packer, parts = zlib.compressobj(level), []
+    band = max(1, BAND_SAMPLES // rows.shape[1])
     for r0 in range(0, h, band):
         block = rows[r0:r0 + band]
         scanlines = np.empty((block.shape[0], block.shape[1] + 1), np.uint8)

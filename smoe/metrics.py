@@ -14,6 +14,14 @@ returns a Python float.
   evaluated in plain PyTorch on weights shipped in ``smoe/data/lpips_alexnet.npz``
   (converted once by ``tools/convert_lpips_weights.py``; see ``LICENSE-lpips.txt``).
 
+* :func:`evaluate` gives all four in one JSON-ready dict and is the one quality
+  function of smoe (``metrics.json``, ``smoe eval``, ``fit-batch`` and the benchmarks).
+  Images of at most :data:`CROP_ABOVE_PIXELS` (one megapixel; Kodak is 0.39) are
+  measured whole, exactly as the functions above measure them.  Larger images keep PSNR
+  over every pixel, but SSIM, MS-SSIM and LPIPS are the means over the fixed crops of
+  :func:`crop_boxes` (four 512 x 512 crops centred in the image's quadrants), with SSIM
+  computed in float32; the result's ``"crops"`` entry lists the crops used.
+
 Values are not clipped to [0, 1]: a slight overshoot of a rendered image is part of
 its error.
 """
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "ms_ssim", "lpips", "evaluate", "MS_SSIM_MIN_SIDE"]
+__all__ = ["psnr", "ssim", "ms_ssim", "lpips", "evaluate", "crop_boxes", "MS_SSIM_MIN_SIDE", "CROP_ABOVE_PIXELS"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -43,6 +51,15 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 # Smallest side for which AlexNet's two 3x3/2 max-pools still have an input to pool.
 LPIPS_MIN_SIDE = 31
 _LPIPS_WEIGHTS_FILE = "lpips_alexnet.npz"
+#: Images with more pixels than this are measured on crops by :func:`evaluate`.
+CROP_ABOVE_PIXELS = 1_000_000
+#: Side of the square crops (shorter when the image side is shorter).
+CROP_SIDE = 512
+#: Crop centres as fractions of (height, width): the centres of the four quadrants.
+CROP_CENTRES = ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
+# Rows of this many pixels at most go into one PSNR partial sum: a 4K image in float64
+# at once would cost two 200 MB copies; in cache-sized pieces it costs a few MB.
+_PSNR_CHUNK_PIXELS = 1 << 18
 # (name, stride, padding, max-pool before this conv) in torchvision's AlexNet order.
 _ALEXNET_LAYERS = (
     ("conv1", 4, 2, False),
@@ -70,7 +87,10 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         t = t[:, :, None]
     if t.ndim != 3 or t.shape[2] not in (1, 3):
         raise ValueError(f"{name} must have shape (H, W) or (H, W, C) with C in {{1, 3}}, got {tuple(x.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    # A sum is finite only if every term is (NaN and infinities propagate), and one
+    # reduction is far cheaper than an element-wise mask on a 4K image; a non-finite sum
+    # may also be an overflow of finite values, so only then look at the elements.
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
 
@@ -106,12 +126,38 @@ def psnr(reference, image, data_range: float = 1.0) -> float:
     -------
     float
         ``10 log10(data_range**2 / MSE)``; ``inf`` for identical images.
+
+    Notes
+    -----
+    Differences are squared in float64.  Above :data:`CROP_ABOVE_PIXELS` pixels the
+    squared errors are summed in row blocks to bound memory; this changes only the
+    order of the float64 summation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(psnr(np.zeros((4, 4)), np.full((4, 4), 0.1)), 6)
+    20.0
     """
     ref, img = _pair(reference, image)
-    mse = float(torch.mean((ref.double() - img.double()) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / mse)
+    return _psnr_db(_mse(ref, img), data_range)
+
+
+def _psnr_db(mse: float, data_range: float) -> float:
+    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def _mse(ref: torch.Tensor, img: torch.Tensor) -> float:
+    """Mean squared difference of two (H, W, C) tensors, accumulated in float64."""
+    h, w = ref.shape[:2]
+    if h * w <= CROP_ABOVE_PIXELS:
+        return float(torch.mean((ref.double() - img.double()) ** 2))
+    rows = max(1, _PSNR_CHUNK_PIXELS // w)
+    total = 0.0
+    for top in range(0, h, rows):
+        d = ref[top:top + rows].double() - img[top:top + rows].double()
+        total += float(torch.sum(d * d))
+    return total / ref.numel()
 
 
 # --------------------------------------------------------------------------- SSIM / MS-SSIM
@@ -134,14 +180,33 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
-def _ssim_cs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _shift_blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The same filter as :func:`_blur` as eleven shifted multiply-adds per axis.
+
+    In float32 it takes about a fifth of the time of the float64 ``conv2d`` on CPU
+    (10 against 51 ms for a 768 x 512 RGB image on two cores) and agrees with it to
+    float32 rounding (~1e-7).
+    """
+    taps = [float(t) for t in g]
+    k = len(taps)
+    h, w = x.shape[2] - k + 1, x.shape[3] - k + 1
+    rows = x[:, :, :h] * taps[0]
+    for i in range(1, k):
+        rows.add_(x[:, :, i:i + h], alpha=taps[i])
+    out = rows[:, :, :, :w] * taps[0]
+    for i in range(1, k):
+        out.add_(rows[:, :, :, i:i + w], alpha=taps[i])
+    return out
+
+
+def _ssim_cs(x: torch.Tensor, y: torch.Tensor, blur=_blur) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean SSIM and contrast-structure term, each of shape (N, C)."""
     g = _gaussian_window(x.device, x.dtype)
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
-    mu_x, mu_y = _blur(x, g), _blur(y, g)
-    var_x = _blur(x * x, g) - mu_x**2
-    var_y = _blur(y * y, g) - mu_y**2
-    cov = _blur(x * y, g) - mu_x * mu_y
+    mu_x, mu_y = blur(x, g), blur(y, g)
+    var_x = blur(x * x, g) - mu_x**2
+    var_y = blur(y * y, g) - mu_y**2
+    cov = blur(x * y, g) - mu_x * mu_y
     cs_map = (2 * cov + c2) / (var_x + var_y + c2)
     lum_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     return (lum_map * cs_map).mean(dim=(2, 3)), cs_map.mean(dim=(2, 3))
@@ -170,8 +235,7 @@ def ssim(reference, image) -> float:
     """
     ref, img = _pair(reference, image)
     _check_min_side(ref, SSIM_WINDOW, "ssim", "use a larger image")
-    s, _ = _ssim_cs(_nchw(ref, torch.float64), _nchw(img, torch.float64))
-    return float(s.mean())
+    return _structural(_nchw(ref, torch.float64), _nchw(img, torch.float64), multi_scale=False)[0]
 
 
 def ms_ssim(reference, image) -> float:
@@ -203,15 +267,23 @@ def ms_ssim(reference, image) -> float:
             f"ms_ssim needs the smaller image side > {MS_SSIM_MIN_SIDE} pixels (4 halvings of an "
             f"{SSIM_WINDOW}-pixel window), got {h}x{w}; use ssim() for smaller images"
         )
-    return _ms_ssim_t(_nchw(ref, torch.float64), _nchw(img, torch.float64))
+    return _structural(_nchw(ref, torch.float64), _nchw(img, torch.float64), multi_scale=True)[1]
 
 
-def _ms_ssim_t(x: torch.Tensor, y: torch.Tensor) -> float:
-    """MS-SSIM of (N, C, H, W) tensors, averaged over batch and channels."""
+def _structural(x: torch.Tensor, y: torch.Tensor, *, multi_scale: bool, blur=_blur) -> tuple[float, float | None]:
+    """SSIM and MS-SSIM (None unless ``multi_scale``) of (N, C, H, W) tensors, averaged over batch and channels.
+
+    SSIM is MS-SSIM's first scale, so computing both costs one SSIM less than apart.
+    """
+    s, cs = _ssim_cs(x, y, blur)
+    ssim_value = float(s.mean())
+    if not multi_scale:
+        return ssim_value, None
     weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype, device=x.device)
     terms = []
     for level in range(len(MS_SSIM_WEIGHTS)):
-        s, cs = _ssim_cs(x, y)
+        if level:
+            s, cs = _ssim_cs(x, y, blur)
         if level == len(MS_SSIM_WEIGHTS) - 1:
             terms.append(torch.relu(s))
             break
@@ -220,7 +292,7 @@ def _ms_ssim_t(x: torch.Tensor, y: torch.Tensor) -> float:
         x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
     stacked = torch.stack(terms)  # (levels, N, C)
     per_channel = torch.prod(stacked ** weights.view(-1, 1, 1), dim=0)
-    return float(per_channel.mean())
+    return ssim_value, float(per_channel.mean())
 
 
 # --------------------------------------------------------------------------- LPIPS
@@ -313,8 +385,37 @@ def lpips(reference, image, device=None) -> float:
 # --------------------------------------------------------------------------- all at once
 
 
-def evaluate(reference, image, lpips: bool = True) -> dict:
-    """PSNR, SSIM, MS-SSIM and LPIPS of ``image`` against ``reference``.
+def crop_boxes(height: int, width: int) -> list[tuple[int, int, int, int]] | None:
+    """The fixed crops :func:`evaluate` measures SSIM, MS-SSIM and LPIPS on.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels.
+
+    Returns
+    -------
+    list of (top, left, crop_height, crop_width) or None
+        None for images of at most :data:`CROP_ABOVE_PIXELS` pixels (measured whole).
+        Otherwise one ``CROP_SIDE``-square crop (shorter along a shorter image side)
+        centred on each of :data:`CROP_CENTRES`, moved inside the image where needed.
+
+    Examples
+    --------
+    >>> crop_boxes(512, 768) is None
+    True
+    >>> crop_boxes(2160, 3840)
+    [(284, 704, 512, 512), (284, 2624, 512, 512), (1364, 704, 512, 512), (1364, 2624, 512, 512)]
+    """
+    if height * width <= CROP_ABOVE_PIXELS:
+        return None
+    ch, cw = min(CROP_SIDE, height), min(CROP_SIDE, width)
+    return [(min(max(round(fy * height - ch / 2), 0), height - ch), min(max(round(fx * width - cw / 2), 0), width - cw),
+             ch, cw) for fy, fx in CROP_CENTRES]
+
+
+def evaluate(reference, image, *, lpips: bool = True) -> dict:
+    """PSNR, SSIM, MS-SSIM and LPIPS of ``image`` against ``reference``: smoe's one quality function.
 
     Parameters
     ----------
@@ -326,18 +427,50 @@ def evaluate(reference, image, lpips: bool = True) -> dict:
     Returns
     -------
     dict
-        ``{"psnr": float, "ssim": float, "ms_ssim": float | None, "lpips": float | None}``;
-        ``ms_ssim`` is None when the smaller side is <= 160 pixels, ``lpips`` when disabled.
+        ``{"psnr", "ssim", "ms_ssim", "lpips": float | None, "crops": list | None}``,
+        ready for JSON:
+
+        * ``psnr`` is None for identical images (infinite PSNR; JSON has no infinity);
+        * a metric the measured region is too small for is None (SSIM below 11 pixels a
+          side, MS-SSIM at 160 or fewer, LPIPS below 31), as is LPIPS when disabled;
+        * ``crops`` is None when the image (at most :data:`CROP_ABOVE_PIXELS` pixels) was
+          measured whole, each metric exactly as :func:`psnr`, :func:`ssim`,
+          :func:`ms_ssim` and :func:`lpips` give it.  For larger images it lists the
+          ``[top, left, height, width]`` crops of :func:`crop_boxes`: PSNR still covers
+          every pixel, SSIM and MS-SSIM (in float32, within ~1e-5 of float64) and LPIPS
+          are the means over the crops.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    >>> q = evaluate(a, a, lpips=False)
+    >>> q["psnr"] is None, q["ssim"], q["ms_ssim"], q["crops"]
+    (True, 1.0, None, None)
     """
     ref, img = _pair(reference, image)
-    big_enough = min(ref.shape[:2]) > MS_SSIM_MIN_SIDE
+    boxes = crop_boxes(*ref.shape[:2])
+    if boxes is None:
+        x, y = _nchw(ref, torch.float64), _nchw(img, torch.float64)
+        blur = _blur
+    else:
+        x, y = (torch.stack([_nchw(t[r:r + h, c:c + w], torch.float32)[0] for r, c, h, w in boxes]) for t in (ref, img))
+        blur = _shift_blur
+    side = min(x.shape[2:])
+    ssim_value, ms_ssim_value = (_structural(x, y, multi_scale=side > MS_SSIM_MIN_SIDE, blur=blur)
+                                 if side >= SSIM_WINDOW else (None, None))
+    psnr_value = _psnr_db(_mse(ref, img), 1.0)
     return {
-        "psnr": psnr(ref, img),
-        "ssim": ssim(ref, img),
-        "ms_ssim": ms_ssim(ref, img) if big_enough else None,
-        "lpips": _lpips_distance(ref, img) if lpips else None,
+        "psnr": psnr_value if math.isfinite(psnr_value) else None,
+        "ssim": ssim_value,
+        "ms_ssim": ms_ssim_value,
+        "lpips": _lpips_batch(x, y) if lpips and side >= LPIPS_MIN_SIDE else None,
+        "crops": None if boxes is None else [list(box) for box in boxes],
     }
 
 
-# ``evaluate``'s ``lpips`` flag shadows the function inside it.
-_lpips_distance = lpips
+def _lpips_batch(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean LPIPS over a batch (N, C, H, W) of crops, in float32 on their device."""
+    x0, x1 = (t.float().expand(-1, 3, -1, -1) for t in (x, y))
+    with torch.no_grad():
+        return float(_lpips_net(x0.device)(x0, x1).mean())

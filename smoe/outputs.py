@@ -36,22 +36,6 @@ FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.
 RENDER_REPEATS = 5
 
 
-def quality(reference: np.ndarray, image: np.ndarray, *, with_lpips: bool = True) -> dict:
-    """PSNR, SSIM, MS-SSIM and LPIPS; a metric the image is too small for is None."""
-    side = min(reference.shape[:2])
-    return {
-        "psnr": _finite(metrics.psnr(reference, image)),
-        "ssim": metrics.ssim(reference, image) if side >= metrics.SSIM_WINDOW else None,
-        "ms_ssim": metrics.ms_ssim(reference, image) if side > metrics.MS_SSIM_MIN_SIDE else None,
-        "lpips": metrics.lpips(reference, image) if with_lpips and side >= metrics.LPIPS_MIN_SIDE else None,
-    }
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: a perfect match's infinite PSNR is stored as null."""
-    return float(value) if math.isfinite(value) else None
-
-
 def write_fit_outputs(outdir: Path, image_path: Path, image: np.ndarray, result) -> dict:
     """Render, measure and write every fit output; returns the metrics.json content."""
     model, settings = result.model, result.settings
@@ -62,7 +46,7 @@ def write_fit_outputs(outdir: Path, image_path: Path, image: np.ndarray, result)
     report = {
         "image": {"path": str(image_path.resolve()), "width": w, "height": h,
                   "channels": 1 if image.ndim == 2 else image.shape[2]},
-        **quality(image, recon.reshape(image.shape)),
+        **metrics.evaluate(image, recon.reshape(image.shape)),
         "kernels_initial": result.init_kernels,
         "kernels_final": len(model),
         "kernels_per_tile": kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model)),

@@ -129,6 +129,19 @@ def test_eval(fitted, capsys):
     assert q["psnr"] is None and q["ssim"] == pytest.approx(1.0) and q["lpips"] is None
 
 
+def test_eval_above_one_megapixel_names_the_crops(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ref, img = tmp_path / "ref.png", tmp_path / "img.png"
+    clean = rng.random((1001, 1000, 3))
+    write_image(ref, clean)
+    write_image(img, np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1))
+    assert main(["eval", "--no-lpips", str(ref), str(img)]) == 0
+    assert "mean over 4 fixed crops of 512x512 px; PSNR over the whole image" in capsys.readouterr().out
+    assert main(["eval", "--json", "--no-lpips", str(ref), str(img)]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert len(q["crops"]) == 4 and q["lpips"] is None and q["ms_ssim"] > 0
+
+
 def test_fit_prints_a_summary(image, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["fit", str(image), "-n", "10", "--iters", "5", "-o", str(out)]) == 0

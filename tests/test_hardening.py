@@ -309,13 +309,15 @@ def test_7_jpeg_and_gif_with_raised_sizes(tmp_path, fmt):
         read_image(path)
 
 
-def test_2_rows_too_wide_for_pillow_are_written_by_the_own_png_encoder(tmp_path, monkeypatch):
-    """A 1 x 10**8 RGB render has rows Pillow cannot encode; the banded PNG writer takes them."""
-    from smoe import imageio
+def test_2_png_written_in_bands_matches_one_pass(tmp_path, monkeypatch):
+    """A 1 x 10**8 render is quantized and encoded in bands; bands change no code and no byte."""
+    from smoe import encoders, imageio
 
-    image = np.random.default_rng(3).random((5, 40, 3)).astype(np.float32)
-    imageio.write_image(tmp_path / "pillow.png", image)
-    monkeypatch.setattr(imageio, "_PILLOW_MAX_ROW_BITS", 8)
-    monkeypatch.setattr(imageio, "_BAND", 50)  # several bands of the quantizer and the encoder
-    imageio.write_image(tmp_path / "own.png", image)
-    assert np.array_equal(read_image(tmp_path / "own.png"), read_image(tmp_path / "pillow.png"))
+    image = np.random.default_rng(3).random((5, 40, 3)).astype(np.float32) * 1.2 - 0.1
+    imageio.write_image(tmp_path / "one.png", image)
+    monkeypatch.setattr(imageio, "_QUANTIZE_CHUNK_SAMPLES", 7)
+    monkeypatch.setattr(encoders, "BAND_SAMPLES", 50)  # bands of one row
+    imageio.write_image(tmp_path / "bands.png", image)
+    assert (tmp_path / "bands.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+    want = np.rint(np.clip(image.astype(np.float64), 0, 1) * 255)
+    assert np.array_equal(np.rint(read_image(tmp_path / "bands.png") * 255), want)

@@ -101,6 +101,20 @@ def test_write_clips_and_rounds(tmp_path):
     assert np.array_equal(np.rint(back * 255), [[0, 0, 128, 255, 255]])
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_large_png_is_quantized_in_blocks_and_compressed_fast(tmp_path, bits):
+    """Above a megapixel: the same codes as one float64 pass over the image, at the fast zlib level."""
+    from smoe import imageio
+
+    image = np.random.default_rng(3).random((1001, 1013, 3), dtype=np.float32) * 1.2 - 0.1
+    write_image(tmp_path / "big.png", image, bits=bits)
+    top = (1 << bits) - 1
+    want = np.rint(np.clip(image.astype(np.float64), 0.0, 1.0) * top)
+    assert np.array_equal(np.rint(read_image(tmp_path / "big.png") * top), want)
+    big = np.zeros((1001, 1000, 3), np.uint8)
+    assert imageio._png_level(big) == imageio.PNG_COMPRESS_LEVELS[1] != imageio._png_level(big[:1000])
+
+
 def test_write_accepts_tensor(tmp_path):
     torch = pytest.importorskip("torch")
     tensor = torch.rand(5, 6, 3, requires_grad=True)

@@ -338,18 +338,92 @@ def test_evaluate_combines_the_metrics(kodim23):
     a = kodim23[:170, :180]
     b = noisy(a, 0.05)
     out = metrics.evaluate(a, b)
-    assert set(out) == {"psnr", "ssim", "ms_ssim", "lpips"}
+    assert set(out) == {"psnr", "ssim", "ms_ssim", "lpips", "crops"}
+    assert out["crops"] is None
+    # Measured whole, each value is exactly what the single-metric function gives.
     assert out["psnr"] == metrics.psnr(a, b)
     assert out["ssim"] == metrics.ssim(a, b)
     assert out["ms_ssim"] == metrics.ms_ssim(a, b)
-    assert out["lpips"] == pytest.approx(metrics.lpips(a, b), rel=1e-6)
+    assert out["lpips"] == metrics.lpips(a, b)
 
 
-def test_evaluate_small_image_and_lpips_off(kodim23):
+def test_evaluate_none_rules(kodim23):
     a = kodim23[:64, :100]
     out = metrics.evaluate(a, noisy(a, 0.05), lpips=False)
     assert out["ms_ssim"] is None and out["lpips"] is None
     assert isinstance(out["psnr"], float) and isinstance(out["ssim"], float)
+    # Identical images: infinite PSNR is None (JSON has no infinity), the rest perfect.
+    same = metrics.evaluate(a, a)
+    assert same["psnr"] is None and same["ssim"] == pytest.approx(1.0) and same["lpips"] == 0.0
+    # Too small for a metric: None, not an error.
+    tiny = metrics.evaluate(a[:10], noisy(a[:10], 0.05))
+    assert tiny["ssim"] is None and tiny["ms_ssim"] is None and tiny["lpips"] is None
+    assert tiny["psnr"] == metrics.psnr(a[:10], noisy(a[:10], 0.05))
+    narrow = metrics.evaluate(a[:30], noisy(a[:30], 0.05))
+    assert isinstance(narrow["ssim"], float) and narrow["lpips"] is None
+
+
+def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    pil = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((w, h), Image.LANCZOS)
+    return np.asarray(pil, dtype=np.float32) / 255
+
+
+def test_evaluate_one_megapixel_is_measured_whole(kodim23):
+    a = _resized(kodim23, 1000, 1000)
+    b = noisy(a, 0.03).astype(np.float32)
+    out = metrics.evaluate(a, b)
+    assert out["crops"] is None
+    assert out == {"psnr": metrics.psnr(a, b), "ssim": metrics.ssim(a, b), "ms_ssim": metrics.ms_ssim(a, b),
+                   "lpips": metrics.lpips(a, b), "crops": None}
+
+
+def test_evaluate_above_one_megapixel_uses_the_fixed_crops(kodim23):
+    h, w = 1001, 1100
+    a = _resized(kodim23, h, w)
+    b = noisy(a, 0.03).astype(np.float32)
+    out = metrics.evaluate(a, b)
+    boxes = metrics.crop_boxes(h, w)
+    assert out["crops"] == [list(box) for box in boxes]
+    crops = [(a[r:r + ch, c:c + cw], b[r:r + ch, c:c + cw]) for r, c, ch, cw in boxes]
+    assert out["psnr"] == pytest.approx(metrics.psnr(a, b), abs=1e-10)  # every pixel, not the crops
+    assert out["psnr"] != pytest.approx(np.mean([metrics.psnr(x, y) for x, y in crops]), abs=1e-3)
+    # SSIM and MS-SSIM in float32 agree with the float64 functions on the crops to ~1e-6.
+    assert out["ssim"] == pytest.approx(np.mean([metrics.ssim(x, y) for x, y in crops]), abs=1e-5)
+    assert out["ms_ssim"] == pytest.approx(np.mean([metrics.ms_ssim(x, y) for x, y in crops]), abs=1e-5)
+    assert out["lpips"] == pytest.approx(np.mean([metrics.lpips(x, y) for x, y in crops]), rel=1e-5)
+    # ... and differ from the whole-image values by more than that: the crops are what was measured.
+    assert abs(out["lpips"] - metrics.lpips(a, b)) > 1e-4
+
+
+def test_crop_boxes():
+    assert metrics.crop_boxes(1000, 1000) is None and metrics.crop_boxes(512, 768) is None
+    assert metrics.crop_boxes(2160, 3840) == [(284, 704, 512, 512), (284, 2624, 512, 512), (1364, 704, 512, 512),
+                                               (1364, 2624, 512, 512)]
+    for h, w in [(1001, 1000), (600, 2000), (300, 4000), (4000, 300), (7, 200_000)]:
+        boxes = metrics.crop_boxes(h, w)
+        assert len(boxes) == 4 and len(set(boxes)) <= 4
+        for top, left, ch, cw in boxes:
+            assert (ch, cw) == (min(512, h), min(512, w))
+            assert 0 <= top <= h - ch and 0 <= left <= w - cw
+    # A short side gives crops of that side: one row of full-height crops for a wide strip.
+    assert {box[0] for box in metrics.crop_boxes(300, 4000)} == {0}
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_shift_blur_matches_the_conv_blur(dtype, tol):
+    x = torch.rand(2, 3, 40, 57, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    want = metrics._blur(x, metrics._gaussian_window("cpu", torch.float64))
+    got = metrics._shift_blur(x.to(dtype), metrics._gaussian_window("cpu", dtype))
+    assert got.shape == want.shape == (2, 3, 30, 47) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=0)
+
+
+def test_finite_large_values_are_accepted():
+    """The finiteness check sums first; a sum that overflows on finite values must not reject them."""
+    big = np.full((64, 64), 3e38, np.float32)
+    assert metrics.psnr(big, big) == math.inf
 
 
 # --------------------------------------------------------------------------- errors

@@ -124,23 +124,34 @@ KNOWN_EXPERTS = {3: ([[0.9, 0.1, 0.2], [0.1, 0.3, 1.0]], [[0.9, 0.1, 0.2], [0.1,
                  1: ([[1.0], [0.5]], [[0.993, 0.906, 0.144], [0.128, 0.567, 0.551]])}
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_draw_kernels_writes_png(tmp_path, channels):
-    """Each kernel's scaled sigma ellipse and centre are drawn in its expert's colour over the dimmed image."""
+@pytest.mark.parametrize("channels, enlarge", [(1, 1), (3, 1), (3, 80)], ids=["grey", "rgb", "rgb-large"])
+def test_draw_kernels_writes_png(tmp_path, monkeypatch, channels, enlarge):
+    """Each kernel's scaled sigma ellipse and centre are drawn in its expert's colour over the dimmed image.
+
+    Enlarged 80 times (3200 x 2400 pixels), the same picture is drawn at half size and the title says so.
+    """
     from smoe import Model
 
-    h, w, grey, scale = 30, 40, 0.6, 1.5
+    figures = _saved_figures(monkeypatch)
+    h, w, grey, scale = 30 * enlarge, 40 * enlarge, 0.6, 1.5
+    mu, sigma = enlarge * KNOWN_MU, enlarge * KNOWN_SIGMA
     experts, drawn_colours = KNOWN_EXPERTS[channels]
-    model = Model(KNOWN_MU, np.stack([1 / KNOWN_SIGMA[:, 0], 0 * KNOWN_SIGMA[:, 0], 1 / KNOWN_SIGMA[:, 1]], 1),
-                  [1.0, 1.0], experts)
+    model = Model(mu, np.stack([1 / sigma[:, 0], 0 * sigma[:, 0], 1 / sigma[:, 1]], 1), [1.0, 1.0], experts)
     image = np.full((h, w) if channels == 1 else (h, w, 3), grey, np.float32)
     path = tmp_path / "k.png"
-    plots.draw_kernels(image, model, path, scale=scale)
+    data = plots.draw_kernels(image, model, path, scale=scale)
+    assert data == path.read_bytes()
     rgb = _read_rgb(path)
     height, width = rgb.shape[:2]
     zoom = width / w  # output pixels per image pixel
     band = height - round(h * zoom)  # the title band above the image
-    assert zoom >= 1 and 0 < band <= 60  # image aspect kept
+    assert 0 < band <= 60  # image aspect kept
+    (title,) = (t.get_text() for t in figures[0].texts)
+    assert title.startswith("2 kernels, 1.5-sigma ellipses")
+    if enlarge == 1:
+        assert zoom >= 1 and "shown at" not in title
+    else:
+        assert zoom == 0.5 and width == plots.KERNEL_FIGURE_SIDE and title.endswith("3200x2400 image shown at 0.5x")
     colours = 255 * np.array(drawn_colours)
     background = 255 * plots.DIM * grey
 
@@ -151,14 +162,14 @@ def test_draw_kernels_writes_png(tmp_path, channels):
     rows, cols = np.mgrid[band:height, 0:width]
     x, y = (cols + 0.5) / zoom, (rows + 0.5 - band) / zoom
     far = np.ones(rows.shape, bool)
-    for (mx, my), (sx, sy) in zip(KNOWN_MU, KNOWN_SIGMA):
+    for (mx, my), (sx, sy) in zip(mu, sigma):
         a, b = scale * sx, scale * sy
         r = np.hypot((x - mx) / a, (y - my) / b)  # 1 on the ellipse; the gap to it is >= |r - 1| * min(a, b)
         far &= (np.abs(r - 1) * min(a, b) * zoom > 5) & (np.hypot(x - mx, y - my) * zoom > 5)
     assert far.mean() > 0.8
     np.testing.assert_allclose(rgb[band:][far], background, atol=2.0)
 
-    for (mx, my), (sx, sy), colour in zip(KNOWN_MU, KNOWN_SIGMA, colours):
+    for (mx, my), (sx, sy), colour in zip(mu, sigma, colours):
         # The centre dot is the expert's colour.
         r0, c0 = figure_px(mx, my)
         centre = rgb[r0 - 2:r0 + 3, c0 - 2:c0 + 3].reshape(-1, 3)
@@ -173,6 +184,7 @@ def test_draw_kernels_writes_png(tmp_path, channels):
 
 
 def test_draw_kernels_subsamples_deterministically(tmp_path, monkeypatch):
+    figures = _saved_figures(monkeypatch)
     drawn = []
     real = plots.ellipse_outlines
     monkeypatch.setattr(plots, "ellipse_outlines", lambda m, *a, **k: drawn.append(m.mu.clone()) or real(m, *a, **k))
@@ -182,6 +194,8 @@ def test_draw_kernels_subsamples_deterministically(tmp_path, monkeypatch):
         plots.draw_kernels(image, model, tmp_path / name, max_kernels=25)
     assert drawn[0].shape == (25, 2)
     assert torch.equal(drawn[0], drawn[1])
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert figures[0].texts[0].get_text().startswith("25 of 200 kernels (random subset), 1-sigma ellipses")
     plots.draw_kernels(image, model, tmp_path / "all.png", max_kernels=500)
     assert drawn[2].shape == (200, 2)
 
@@ -200,12 +214,37 @@ def test_draw_kernels_ten_thousand_is_fast(tmp_path, monkeypatch):
     assert calls == [10_000]  # every outline in one call
     (fig,) = figures
     (ax,) = fig.axes
-    assert not ax.patches and not ax.lines and len(ax.images) == 1  # no artist per kernel
+    assert not ax.patches and not ax.lines and not ax.images and not fig.images  # no artist per kernel or pixel
     outlines = [c for c in ax.collections if isinstance(c, LineCollection)]
     centres = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert len(ax.collections) <= 3 and len(centres) == 1 and outlines
     assert all(len(c.get_segments()) == 10_000 for c in outlines)
     assert len(centres[0].get_offsets()) == 10_000
+
+
+def test_figures_without_a_path_return_the_png_and_write_nothing(tmp_path, monkeypatch):
+    history = _history()
+    data = plots.plot_convergence(history, title="t")
+    assert data == plots.plot_convergence(history, tmp_path / "c.png", title="t") == (tmp_path / "c.png").read_bytes()
+    (tmp_path / "c.png").unlink()
+    # A large image of one-pixel stripes is area-averaged to the figure's pixels (not sampled, which would alias).
+    figures = _saved_figures(monkeypatch)
+    stripes = np.zeros((1000, 3200), np.float32)
+    stripes[:, ::2] = 1.0
+    from smoe import Model
+
+    data = plots.draw_kernels(stripes, Model.empty(channels=1))
+    assert not list(tmp_path.iterdir())
+    import io
+
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        rgb = np.asarray(im.convert("RGB")).astype(float)
+    assert rgb.shape[1] == plots.KERNEL_FIGURE_SIDE
+    band = rgb.shape[0] - 500  # drawn at half size
+    np.testing.assert_allclose(rgb[band:], 255 * plots.DIM * 0.5, atol=1.5)
+    assert figures[0].texts[0].get_text() == "0 kernels, 1-sigma ellipses, coloured by expert value " \
+        "(viridis: 0 dark, 1 bright); 3200x1000 image shown at 0.5x"
 
 
 def test_draw_kernels_empty_model(tmp_path):
@@ -217,6 +256,19 @@ def test_draw_kernels_empty_model(tmp_path):
     assert 0 < band <= 60
     np.testing.assert_allclose(rgb[band:], 255 * plots.DIM * 0.5, atol=1.0)  # the dimmed image, nothing on it
     assert (rgb[:band] < 128).any(axis=-1).sum() > 50  # a (dark) title in the band
+
+
+def test_draw_kernels_shows_out_of_range_pixels_clipped():
+    """NaN and values below 0 show black, infinity and values above 1 show as 1, dimmed."""
+    from smoe import Model
+
+    image = np.repeat(np.array([np.nan, -1.0, 0.5, 2.0, np.inf], np.float32), 8)[None].repeat(8, 0)  # 8 x 40
+    with Image.open(__import__("io").BytesIO(plots.draw_kernels(image, Model.empty(channels=1)))) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(float)
+    band = rgb.shape[0] - 8 * rgb.shape[1] // 40
+    columns = rgb[band:].mean(axis=(0, 2)).reshape(5, -1)[:, 2:-2]  # each band's columns, away from its edges
+    want = 255 * plots.DIM * np.array([0, 0, 0.5, 1, 1])[:, None]
+    np.testing.assert_allclose(columns, np.broadcast_to(want, columns.shape), atol=1.0)
 
 
 def test_draw_kernels_rejects_bad_arguments(tmp_path):

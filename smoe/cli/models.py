@@ -22,8 +22,12 @@ def _quality_lines(q: dict) -> list[str]:
         return f"{value:.{digits}f}{unit}" if value is not None else "n/a (image too small or metric disabled)"
 
     psnr = "inf dB (identical)" if q["psnr"] is None else fmt("psnr", 2, " dB")
-    return [f"PSNR     {psnr}", f"SSIM     {fmt('ssim', 4)}", f"MS-SSIM  {fmt('ms_ssim', 4)}",
-            f"LPIPS    {fmt('lpips', 4)}"]
+    lines = [f"PSNR     {psnr}", f"SSIM     {fmt('ssim', 4)}", f"MS-SSIM  {fmt('ms_ssim', 4)}",
+             f"LPIPS    {fmt('lpips', 4)}"]
+    if q["crops"] is not None:
+        lines.append(f"(SSIM, MS-SSIM and LPIPS: mean over {len(q['crops'])} fixed crops of "
+                     f"{q['crops'][0][2]}x{q['crops'][0][3]} px; PSNR over the whole image)")
+    return lines
 
 
 # =============================================================== render
@@ -78,7 +82,8 @@ def _run_render(args) -> int:
 def _add_eval(p) -> None:
     p.description = ("Print PSNR (dB), SSIM, MS-SSIM and LPIPS (AlexNet) of IMAGE against REFERENCE. "
                      "Metrics need a minimum size: SSIM 11 px, LPIPS 31 px, MS-SSIM more than 160 px per side; "
-                     "smaller images report n/a (null in JSON).")
+                     "smaller images report n/a (null in JSON). Images above one megapixel are measured "
+                     "on four fixed 512x512 crops (SSIM, MS-SSIM, LPIPS; PSNR on the whole image).")
     p.add_argument("reference", metavar="REFERENCE", help="the original image")
     p.add_argument("image", metavar="IMAGE", help="the image to judge, same size and colour type")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS, the slowest metric")
@@ -88,13 +93,13 @@ def _add_eval(p) -> None:
 
 def _run_eval(args) -> int:
     from ..imageio import read_image
-    from ..outputs import quality
+    from ..metrics import evaluate
 
     reference, image = read_image(args.reference), read_image(args.image)
     if reference.shape != image.shape:
         raise CliError(f"{args.image} is {_shape_text(image)} but {args.reference} is {_shape_text(reference)}; "
                        "compare images of the same size and colour type")
-    q = quality(reference, image, with_lpips=not args.no_lpips)
+    q = evaluate(reference, image, lpips=not args.no_lpips)
     print(json.dumps(q) if args.json else "\n".join(_quality_lines(q)))
     return EXIT_OK
 
