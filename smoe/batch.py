@@ -44,11 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .atomic import atomic_write_bytes, remove_temporaries, write_output_folder
 from .batchlock import LOCK_NAME, BatchError, BatchLock
 from .executor import Executor, available_cores, make_executor
-from .atomic import atomic_write_bytes, remove_temporaries, write_output_folder
 from .fitting import fit
 from .imageio import ImageError, decode_image
+from .limits import MAX_IMAGE_BYTES, read_regular
 from .memory import is_out_of_memory
 from .outputs import FIT_OUTPUTS, fit_outputs
 from .spec import FitSpec
@@ -438,10 +439,13 @@ def _items(jobs: list[_Job], todo: list[int]):
     for i in todo:
         job = jobs[i]
         try:
-            data = job.path.read_bytes()
+            data = read_regular(job.path, MAX_IMAGE_BYTES, "an image file")
         except OSError as exc:
             yield {"path": str(job.path), "error": f"{job.path}: cannot read ({exc.strerror or exc}); check the "
                                                   "file and its permissions"}
+            continue
+        except ValueError as exc:  # not a regular file, too large or empty
+            yield {"path": str(job.path), "error": f"{job.path}: {exc}"}
             continue
         job.sha256 = _digest(data)  # of the bytes actually fitted, should the file change meanwhile
         yield {"path": str(job.path), "data": data}

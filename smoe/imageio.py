@@ -8,7 +8,8 @@ divided by 65535, 8-bit ones by 255.
 Pillow keeps 16-bit *colour* images only at 8 bits per sample, so this module
 recovers the full 16 bits of RGB/RGBA PNG and TIFF files itself (see
 :func:`_decode_wide`) and writes PNG (8 and 16 bits) and 16-bit TIFF files with
-small encoders of its own; the PNG one is also about twice as fast as Pillow's.
+small encoders of its own (:mod:`smoe.encoders`); the PNG one is also about twice
+as fast as Pillow's, and writes rows of any width in bands.
 
 Converting colour to grey uses the ITU-R BT.601 luma weights
 ``Y = 0.299 R + 0.587 G + 0.114 B`` (the weights of JPEG and of Pillow's ``"L"``
@@ -23,16 +24,17 @@ from __future__ import annotations
 import importlib.resources
 import io
 import re
-import struct
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import encoders
 from .atomic import atomic_write_bytes
+from .imagecheck import check_image, pillow_warnings
+from .limits import MAX_IMAGE_BYTES, read_regular
 
 __all__ = [
     "ImageError",
@@ -56,7 +58,7 @@ _FORMATS_16 = ("PNG", "TIFF")
 #: ~20 % larger, which matters where a fit's outputs should cost a small part of the fit.
 PNG_COMPRESS_LEVELS = (6, 1)
 PNG_FAST_ABOVE_PIXELS = 1_000_000
-# Rows of at most this many samples are quantized at a time: the float64 work stays in
+# At most this many samples are quantized at a time: the float64 work stays in
 # cache instead of two full-size float64 copies of a 4K image.
 _QUANTIZE_CHUNK_SAMPLES = 1 << 18
 _EXIF_ORIENTATION = 0x0112
@@ -126,20 +128,18 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError(f"no such file: {path}")
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image file")
-    data = path.read_bytes()
-    if not data:
-        raise ImageError(f"{path}: empty file (0 bytes), not an image")
-    return data
+    try:
+        return read_regular(path, MAX_IMAGE_BYTES, "an image file")
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {path}") from None
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def _open(data: bytes, path: Path) -> Image.Image:
-    """Open (not yet decode) an image, turning Pillow's errors into ImageError."""
+    """Open (not yet decode) an image and check its header; Pillow's errors become ImageError."""
     try:
-        return Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: image too large to decode safely ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
@@ -148,6 +148,11 @@ def _open(data: bytes, path: Path) -> Image.Image:
         ) from exc
     except Exception as exc:  # Pillow reports broken headers through many exception types
         raise ImageError(f"{path}: corrupt image header ({_one_line(exc)})") from exc
+    try:
+        check_image(image, data)
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+    return image
 
 
 def _load(image: Image.Image, path: Path) -> None:
@@ -175,7 +180,26 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     Returns
     -------
     (H, W) or (H, W, 3) float array in [0, 1], turned upright by its EXIF orientation.
+
+    Raises
+    ------
+    ImageError
+        For anything a bad file can cause: a header above the pixel limit,
+        data that do not fill the header's size (:mod:`smoe.imagecheck`),
+        truncated or corrupt data, and any exception Pillow raises on it.
     """
+    try:
+        with pillow_warnings():
+            return _decode(data, path)
+    except (ImageError, MemoryError):
+        raise
+    except ValueError as exc:  # a truncation warning from pillow_warnings
+        raise ImageError(f"{path}: {exc}") from exc
+    except Exception as exc:  # crafted files make Pillow raise TypeError, struct.error, ... from anywhere
+        raise ImageError(f"{path}: corrupt image ({_one_line(exc)})") from exc
+
+
+def _decode(data: bytes, path: Path) -> np.ndarray:
     image = _open(data, path)
     if image.width * image.height == 0:
         raise ImageError(f"{path}: empty image ({image.width}x{image.height}, 0 pixels)")
@@ -187,8 +211,8 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
         if fallback:
             warnings.warn(f"{path}: {fallback}", stacklevel=3)
     orientation = _orientation(image)
-    if getattr(image, "n_frames", 1) > 1:
-        warnings.warn(f"{path}: file holds {image.n_frames} frames; only the first is used", stacklevel=3)
+    if getattr(image, "is_animated", False):  # not n_frames: counting may walk a million frames
+        warnings.warn(f"{path}: file holds several frames; only the first is used", stacklevel=3)
     if samples.ndim == 3 and samples.shape[2] in (2, 4):
         warnings.warn(f"{path}: alpha channel dropped (smoe models colour only)", stacklevel=3)
         samples = samples[:, :, :-1]
@@ -384,16 +408,20 @@ def encode_image(image, name, *, bits: int = 8) -> bytes:
         raise ImageError(f"bits must be 8 or 16, got {bits!r}")
     if bits == 16 and fmt not in _FORMATS_16:
         raise ImageError(f"{path}: 16-bit output needs .png or .tif/.tiff, not {suffix!r}")
-    codes = _quantize(_as_hwc(image, path), bits)
+    codes = _quantize(_as_hwc(image, path), bits, path)
     if fmt == "PNG":
-        return _png(codes)
+        return encoders.png(codes, _png_level(codes))
     if bits == 16:
-        return _tiff16(codes)
+        try:
+            return encoders.tiff16(codes)
+        except ValueError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
     return _pillow_encode(codes, fmt)
 
 
 def _as_hwc(image, path: Path) -> np.ndarray:
-    """Validate and reshape to (H, W, C) real numbers with C in {1, 3} (no copy)."""
+    """Validate and reshape to (H, W, C) real numbers with C in {1, 3} (no copy); finiteness is
+    checked by :func:`_quantize`, band by band."""
     if hasattr(image, "detach"):  # a torch tensor; avoid importing torch here
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
@@ -405,21 +433,27 @@ def _as_hwc(image, path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot write an empty image of shape {image.shape}")
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ImageError(f"{path}: image must hold real numbers, got dtype {image.dtype}")
-    if not np.all(np.isfinite(image)):
-        raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
     return image
 
 
-def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
-    """Nearest codes of (H, W, C) samples in [0, 1] (clipped), computed in float64."""
+def _quantize(image: np.ndarray, bits: int, path: Path) -> np.ndarray:
+    """Nearest codes of (H, W, C) samples in [0, 1] (clipped), computed in float64 a band at a time.
+
+    Bands are runs of the flattened samples, not rows, so that a single row of
+    10**8 pixels needs no full-size float64 copy either; non-finite samples
+    are refused.
+    """
     top = (1 << bits) - 1
-    codes = np.empty(image.shape, np.uint8 if bits == 8 else np.uint16)
-    rows = max(1, _QUANTIZE_CHUNK_SAMPLES // (image.shape[1] * image.shape[2]))
-    for start in range(0, image.shape[0], rows):
-        block = np.clip(image[start:start + rows].astype(np.float64), 0.0, 1.0)
+    flat = np.ascontiguousarray(image).reshape(-1)
+    codes = np.empty(flat.size, np.uint8 if bits == 8 else np.uint16)
+    for start in range(0, flat.size, _QUANTIZE_CHUNK_SAMPLES):
+        block = flat[start:start + _QUANTIZE_CHUNK_SAMPLES].astype(np.float64)
+        if not np.all(np.isfinite(block)):
+            raise ImageError(f"{path}: image has NaN or infinite values; refusing to write it")
+        np.clip(block, 0.0, 1.0, out=block)
         block *= top
-        codes[start:start + rows] = np.rint(block, out=block)
-    return codes
+        codes[start:start + _QUANTIZE_CHUNK_SAMPLES] = np.rint(block, out=block)
+    return codes.reshape(image.shape)
 
 
 def _png_level(codes: np.ndarray) -> int:
@@ -435,72 +469,6 @@ def _pillow_encode(codes: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _png(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint8 or uint16, C in {1, 3} -> bytes of an 8- or 16-bit PNG.
-
-    Pillow cannot write 16-bit RGB, and for 8 bits its per-row choice of filter
-    costs more time than it saves bytes.
-    """
-    h, w, c = codes.shape
-    rows = codes.astype(">u2").view(np.uint8) if codes.dtype == np.uint16 else codes
-    rows = rows.reshape(h, -1)
-    # "Sub" filter on every row: each byte minus the same byte of the previous
-    # pixel; smooth images compress far better than with no filter.
-    step = codes.itemsize * c
-    filtered = rows.copy()
-    filtered[:, step:] = rows[:, step:] - rows[:, :-step]  # uint8 arithmetic wraps mod 256, as PNG wants
-    scanlines = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
-    colour_type = 0 if c == 1 else 2
-    header = struct.pack(">IIBBBBB", w, h, 8 * codes.itemsize, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), _png_level(codes)))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _tiff16(codes: np.ndarray) -> bytes:
-    """(H, W, C) uint16, C in {1, 3} -> bytes of an uncompressed little-endian baseline TIFF."""
-    h, w, c = codes.shape
-    pixels = codes.astype("<u2").tobytes()
-    if len(pixels) >= 2**32 - 4096:
-        raise ImageError(f"image of {h}x{w}x{c} is too large for a 16-bit TIFF; write a PNG")
-    short, long_, rational = 3, 4, 5
-    n_tags = 13
-    extra_at = 8 + 2 + 12 * n_tags + 4
-    bits_at = extra_at                      # BitsPerSample array when C > 2
-    resolution_at = bits_at + 2 * c         # two RATIONALs of 72/1
-    data_at = resolution_at + 16
-    bits_value = struct.pack("<H", 16) * c if c <= 2 else struct.pack("<I", bits_at)
-    tags = [
-        (256, long_, 1, struct.pack("<I", w)),
-        (257, long_, 1, struct.pack("<I", h)),
-        (258, short, c, bits_value),
-        (259, short, 1, struct.pack("<H", 1)),                   # no compression
-        (262, short, 1, struct.pack("<H", 1 if c == 1 else 2)),  # BlackIsZero / RGB
-        (273, long_, 1, struct.pack("<I", data_at)),
-        (277, short, 1, struct.pack("<H", c)),
-        (278, long_, 1, struct.pack("<I", h)),                   # one strip
-        (279, long_, 1, struct.pack("<I", len(pixels))),
-        (282, rational, 1, struct.pack("<I", resolution_at)),
-        (283, rational, 1, struct.pack("<I", resolution_at + 8)),
-        (284, short, 1, struct.pack("<H", 1)),                   # interleaved samples
-        (296, short, 1, struct.pack("<H", 1)),                   # no absolute unit
-    ]
-    assert len(tags) == n_tags
-    ifd = struct.pack("<H", n_tags) + b"".join(
-        struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0") for tag, kind, count, value in tags
-    ) + struct.pack("<I", 0)
-    extra = struct.pack("<H", 16) * c + struct.pack("<IIII", 72, 1, 72, 1)
-    out = b"II*\0" + struct.pack("<I", 8) + ifd + extra
-    assert len(out) == data_at
-    return out + pixels
 
 
 # ================================================================ demo image

@@ -23,23 +23,26 @@ Format 1 stored no tile offset (it was always ``[0, 0]``) and a free JSON
 object ``settings`` instead of ``spec``; such files still load, with the spec
 read from ``settings`` where those are the fields of a spec.
 
-Loading uses ``np.load(..., allow_pickle=False)``: an archive that carries
-pickled Python objects is refused before any of it is unpickled, so opening
-a model file from a stranger cannot run code.  Parameters are stored in their
-own dtype, so a saved model renders bit-identically after loading.
+Loading never unpickles: :mod:`smoe.archive` parses the zip structure and
+the ``.npy`` headers itself and refuses an array of Python objects, so opening
+a model file from a stranger cannot run code; sizes are checked against the
+caps of :mod:`smoe.limits` before memory is committed.  Parameters are stored
+in their own dtype, so a saved model renders bit-identically after loading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import zipfile
-import zlib
+import os
 from pathlib import Path
 
 import numpy as np
 
+from .archive import ArchiveError, NpyHeader, Npz
 from .atomic import atomic_write_bytes
+from .limits import MAX_KERNELS, MAX_META_BYTES, MAX_PARAMETER, check_frame, load_json, open_regular
 from .fitted import FittedModel
 from .model import Model
 from .spec import MODES, SCOPES, FitSpec
@@ -78,7 +81,8 @@ def save_model(path, fitted: FittedModel) -> None:
     Raises
     ------
     ValueError
-        An invalid model, or a spec that JSON cannot hold.
+        An invalid model, a frame or kernel count above the limits of
+        :mod:`smoe.limits`, or a spec that JSON cannot hold.
 
     Examples
     --------
@@ -97,8 +101,11 @@ def model_file_bytes(fitted: FittedModel) -> bytes:
     """The bytes of the model file :func:`save_model` writes."""
     if not isinstance(fitted, FittedModel):
         raise ValueError(f"save_model takes a FittedModel (smoe.fit(...).fitted), got {type(fitted).__name__}")
+    check_frame(*fitted.frame)
     model = fitted.model
     model.validate()
+    if len(model) > MAX_KERNELS:
+        raise ValueError(f"a model file holds at most {MAX_KERNELS} kernels, got {len(model)}")
     arrays = model.numpy()
     if arrays["mu"].dtype not in (np.float32, np.float64):
         raise ValueError(f"model dtype must be float32 or float64 to be saved, got {arrays['mu'].dtype}")
@@ -124,6 +131,11 @@ def model_file_bytes(fitted: FittedModel) -> bytes:
 def load_model(path) -> FittedModel:
     """Read and validate a model file: the fitted model, ready to render.
 
+    Nothing in the file is trusted: the zip structure, each array's header and
+    the metadata are checked against the caps of :mod:`smoe.limits` before an
+    array is allocated, and parameter values are checked as they are inflated
+    (:mod:`smoe.archive`), so a bad file is refused with little memory.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -137,10 +149,16 @@ def load_model(path) -> FittedModel:
     Raises
     ------
     ModelFileError
-        The file is missing, not an ``.npz`` archive, truncated or corrupt,
-        carries pickled objects, comes from a newer smoe, or holds an
-        inconsistent or invalid model.  The message names the file and the
-        problem.
+        The file is missing, not a regular file, not an ``.npz`` archive,
+        truncated or corrupt, carries pickled objects, comes from a newer smoe,
+        claims sizes above the limits, or holds an inconsistent or invalid
+        model.  The message names the file and the problem.
+
+    Examples
+    --------
+    >>> fitted = load_model("out/model.smoe.npz")  # doctest: +SKIP
+    >>> fitted.frame, fitted.mode, len(fitted.model)  # doctest: +SKIP
+    ((256, 384), 'smoe', 2000)
     """
     return read_model_file(path)[0]
 
@@ -157,9 +175,18 @@ def read_model_file(path) -> tuple[FittedModel, dict]:
         (format 2) or ``settings`` (format 1); see the module docstring.
     """
     path = Path(path)
-    arrays = _read_arrays(path)
-    meta = _parse_meta(path, arrays.pop("meta"))
-    _check_arrays(path, arrays, meta)
+    with _open_archive(path) as npz:
+        try:
+            meta = _parse_meta(path, _read_meta(path, npz))
+            headers = {name: _header(path, npz, name) for name in _ARRAYS}
+            _check_arrays(path, headers, meta)
+            for name in _ARRAYS:  # every value checked before any array is allocated
+                _check_values(path, npz, name)
+            arrays = {name: npz.read(name) for name in _ARRAYS}
+        except ArchiveError as exc:
+            raise _fail(path, f"truncated or corrupt model file ({exc})") from exc
+        except MemoryError as exc:
+            raise _fail(path, "too large to load in the memory available") from exc
     try:
         model = Model(*(arrays[name] for name in _ARRAYS))
     except ValueError as exc:
@@ -192,42 +219,77 @@ def _fail(path: Path, problem: str) -> ModelFileError:
     return ModelFileError(f"{path}: {problem}")
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """All required arrays of the archive, fully read into memory."""
-    if not path.exists():
-        raise ModelFileError(f"no such model file: {path}")
-    if path.is_dir():
-        raise _fail(path, "is a directory, not a model file")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic not in _ZIP_MAGIC:
-        raise _fail(path, "not a smoe model file (not an .npz archive)")
+@contextlib.contextmanager
+def _open_archive(path: Path):
+    """The model file as a checked :class:`smoe.archive.Npz`, open for the body."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [name for name in (*_ARRAYS, "meta") if name not in archive.files]
-            if missing:
-                raise _fail(path, f"not a smoe model file: missing array(s) {', '.join(missing)}")
-            return {name: _read_member(path, archive, name) for name in (*_ARRAYS, "meta")}
-    except ModelFileError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        raise _fail(path, f"truncated or corrupt model file ({_one_line(exc)})") from exc
-
-
-def _read_member(path: Path, archive, name: str) -> np.ndarray:
-    try:
-        array = archive[name]
+        handle = open_regular(path, "a model file")
+    except FileNotFoundError:
+        raise ModelFileError(f"no such model file: {path}") from None
     except ValueError as exc:
-        # NumPy refuses object arrays under allow_pickle=False before unpickling anything.
-        if "allow_pickle" in str(exc):
-            raise _fail(path, f"array {name!r} holds pickled Python objects; refusing to load it "
-                              "(a model file holds numbers only)") from exc
-        raise _fail(path, f"array {name!r} is corrupt ({_one_line(exc)})") from exc
-    except MemoryError as exc:
-        raise _fail(path, f"array {name!r} is too large to load") from exc
-    if not isinstance(array, np.ndarray):  # NumPy returns raw bytes for a member that is not .npy
-        raise _fail(path, f"member {name!r} is not a NumPy array")
-    return array
+        raise _fail(path, str(exc)) from None
+    with handle:
+        try:
+            if handle.read(4) not in _ZIP_MAGIC:
+                raise _fail(path, "not a smoe model file (not an .npz archive)")
+            npz = Npz(handle, os.fstat(handle.fileno()).st_size)
+        except ArchiveError as exc:
+            raise _fail(path, f"truncated or corrupt model file ({exc})") from exc
+        except OSError as exc:
+            raise _fail(path, f"cannot read ({exc.strerror or exc}); check the file") from exc
+        missing = [name for name in (*_ARRAYS, "meta") if name not in npz.names]
+        if missing:
+            raise _fail(path, f"not a smoe model file: missing array(s) {', '.join(missing)}")
+        yield npz
+
+
+def _header(path: Path, npz: Npz, name: str) -> NpyHeader:
+    header = npz.header(name)
+    if header.dtype.hasobject:
+        raise _fail(path, f"array {name!r} holds pickled Python objects; refusing to load it "
+                          "(a model file holds numbers only)")
+    return header
+
+
+def _read_meta(path: Path, npz: Npz) -> np.ndarray:
+    """The metadata array, its size checked before it is inflated."""
+    header = _header(path, npz, "meta")
+    if header.nbytes > MAX_META_BYTES * (4 if header.dtype.kind == "U" else 1):
+        raise _fail(path, f"metadata of {header.nbytes} bytes exceeds the limit of {MAX_META_BYTES >> 20} MiB; "
+                          "the file is not a smoe model")
+    return npz.read("meta")
+
+
+def _check_values(path: Path, npz: Npz, name: str) -> None:
+    """Check the values of array ``name`` while inflating them in chunks.
+
+    A bad value is found before any array is allocated, so a crafted file
+    that claims millions of kernels costs a chunk of memory, not the arrays.
+    """
+    header = npz.header(name)
+    n_kernels, cols = header.shape[0], (header.shape[1] if header.ndim == 2 else 1)
+    fortran = header.fortran_order and cols > 1
+    at = 0  # flat index of the chunk's first value; chunks hold whole rows unless Fortran-ordered
+    for piece in npz.chunks(name, header.dtype.itemsize * (1 if fortran else cols)):
+        values = np.frombuffer(piece, dtype=header.dtype)
+        bad = ~np.isfinite(values) | (np.abs(values) >= MAX_PARAMETER)
+        if name == "chol":  # the diagonal b00, b11 must be positive
+            index = at + np.arange(values.size)
+            bad |= (values <= 0) & ((index // n_kernels if fortran else index % cols) != 1)
+        if bad.any():
+            k = int(np.argmax(bad))
+            row = (at + k) % n_kernels if fortran else (at + k) // cols
+            raise _fail(path, f"invalid model: kernel {row}: {_value_problem(name, values[k])}")
+        at += values.size
+
+
+def _value_problem(name: str, value: np.floating) -> str:
+    """What is wrong with a value of array ``name`` that failed the checks (compared in its own dtype)."""
+    if not np.isfinite(value):
+        return f"{name} is not finite ({float(value)}); fix or prune that kernel"
+    if np.abs(value) >= MAX_PARAMETER:
+        return f"{name} holds {float(value):g}, beyond the limit of {MAX_PARAMETER:g}; fix or prune that kernel"
+    return f"Cholesky diagonal must be positive, got {float(value)}"
 
 
 def _parse_meta(path: Path, raw: np.ndarray) -> dict:
@@ -242,9 +304,9 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     else:
         raise _fail(path, f"metadata must be a uint8 byte array, got dtype {raw.dtype} and shape {raw.shape}")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"metadata is not valid JSON ({exc})") from exc
+        meta = load_json(text)
+    except ValueError as exc:
+        raise _fail(path, f"metadata is not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(meta, dict):
         raise _fail(path, "metadata must be a JSON object")
 
@@ -262,9 +324,10 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     for key, choices in (("mode", MODES), ("scope", SCOPES)):
         if problem := _choice_problem(key, meta.get(key), choices):
             raise _fail(path, problem)
-    for key in ("height", "width"):
-        if not _is_positive_int(meta.get(key)):
-            raise _fail(path, f"{key} must be a positive integer, got {meta.get(key)!r}")
+    try:
+        check_frame(meta.get("height"), meta.get("width"))
+    except ValueError as exc:
+        raise _fail(path, f"{exc}; this smoe cannot render it") from None
     if meta.get("channels") not in (1, 3) or isinstance(meta.get("channels"), bool):
         raise _fail(path, f"channels must be 1 or 3, got {meta.get('channels')!r}")
     if version == 1:
@@ -294,6 +357,9 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None
     if mu.ndim != 2 or mu.shape[1] != 2:
         raise _fail(path, f"array 'mu' has shape {mu.shape}; expected (L, 2)")
     n_kernels, channels = mu.shape[0], meta["channels"]
+    if n_kernels > MAX_KERNELS:
+        raise _fail(path, f"holds {n_kernels} kernels, more than the limit of {MAX_KERNELS}; "
+                          "the file is not one smoe writes")
     expected = {"chol": (n_kernels, 3), "pi": (n_kernels,), "experts": (n_kernels, channels)}
     for name, shape in expected.items():
         if arrays[name].shape != shape:

@@ -201,14 +201,14 @@ def test_unreadable_file_is_recorded(images, tmp_path, monkeypatch):
     folder, _ = images
     locked = tmp_path / "locked.png"
     locked.write_bytes((folder / "img02.png").read_bytes())
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(path):  # chmod 0 would not stop root, so the refusal is simulated
-        if path.name == locked.name:
+    def open_(path, *args, **kwargs):  # chmod 0 would not stop root, so the refusal is simulated
+        if Path(path).name == locked.name:
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", open_)
     result = fit_batch([locked, folder / "img02.png"], tmp_path / "out", options=OPTIONS, workers=1)
     assert [r["status"] for r in result.rows] == ["error", "fitted"]
     assert "cannot read (Permission denied)" in result.rows[0]["error"]
