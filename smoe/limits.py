@@ -34,8 +34,7 @@ __all__ = ["MAX_OUTPUT_PIXELS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "MAX_KERN
            "MAX_META_BYTES", "MAX_JSON_DEPTH", "MAX_INT_DIGITS", "check_frame", "check_pixels",
            "open_regular", "read_regular", "read_bounded", "load_json"]
 
-#: MAX_OUTPUT_PIXELS (:mod:`smoe.sizes`), the largest raster rendered, is also the largest frame a model
-#: file may claim.
+# MAX_OUTPUT_PIXELS (smoe.sizes), the largest raster rendered, is also the largest frame a model file may claim.
 #: Largest image (width x height, from its header) that is decoded: the decompression-bomb limit.
 MAX_IMAGE_PIXELS = MAX_OUTPUT_PIXELS
 #: Largest image file read into memory (a 100-megapixel 16-bit RGB TIFF takes 600 MB).
