@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from smoe.batch import batch_options, fit_batch, fit_image
+from smoe.batch import batch_spec, fit_batch, fit_image
 from smoe.executor import InProcessExecutor, make_executor
 from smoe.spec import FitSpec
 
@@ -44,14 +44,14 @@ def load_note() -> str:
             "anything near or above the core count means other processes competed for the CPU.")
 
 
-def throughput_row(label: str, paths: list[Path], options: dict, workers: int, backend: str) -> dict:
+def throughput_row(label: str, paths: list[Path], spec: FitSpec, workers: int, backend: str) -> dict:
     """Fit every image with a fresh executor; time the start-up and the batch apart."""
     with tempfile.TemporaryDirectory(prefix="smoe-scaling-") as tmp:
         t = time.perf_counter()
         executor = make_executor(workers, backend=backend, threads_per_worker=1)
         start_s = time.perf_counter() - t
         try:
-            result = fit_batch(paths, Path(tmp) / "out", options=options, executor=executor)
+            result = fit_batch(paths, Path(tmp) / "out", options=spec, executor=executor)
         finally:
             executor.close()
     failed = result.failed
@@ -63,20 +63,20 @@ def throughput_row(label: str, paths: list[Path], options: dict, workers: int, b
             "images/min incl. start-up": f"{60 * len(paths) / (result.seconds + start_s):.2f}"}
 
 
-def overhead_rows(path: Path, warm_path: Path, options: dict, repeat: int) -> list[dict]:
+def overhead_rows(path: Path, warm_path: Path, spec: FitSpec, repeat: int) -> list[dict]:
     """The same unit in-process and through a 1-worker LocalCluster, both warm."""
     item = {"path": str(path), "data": path.read_bytes()}
     warm = {"path": str(warm_path), "data": warm_path.read_bytes()}
-    small = {**options, "iters": 2}
+    small = spec.replace(iters=2)
     rows = []
     paths = {"in-process": lambda: InProcessExecutor(threads_per_worker=1),
              "Dask LocalCluster": lambda: make_executor(1, backend="dask", threads_per_worker=1)}
     for label, start in paths.items():
         with start() as ex:
-            ex.map(fit_image, [warm], options=small)
+            ex.map(fit_image, [warm], spec=small)
             for _ in range(repeat):
                 t = time.perf_counter()
-                unit = ex.map(fit_image, [item], options=options)[0]
+                unit = ex.map(fit_image, [item], spec=spec)[0]
                 rows.append({"path": label, "wall s": time.perf_counter() - t, "unit s": unit["seconds"],
                              "fit s": unit["report"]["fit_seconds"]})
     base = min(r["wall s"] for r in rows if r["path"] == "in-process")
@@ -112,11 +112,11 @@ def main(argv=None):
     csv_rows = []
     if not args.skip_throughput:
         paths = kodak_images()[: args.images]
-        options = batch_options({"n_kernels": args.kernels, "iters": args.iters})
-        rows = [throughput_row("in-process", paths, options, 1, "inprocess")]
+        spec = batch_spec({"n_kernels": args.kernels, "iters": args.iters})
+        rows = [throughput_row("in-process", paths, spec, 1, "inprocess")]
         print(rows[-1], file=sys.stderr, flush=True)
         for workers in args.workers:
-            rows.append(throughput_row("Dask LocalCluster", paths, options, workers, "dask"))
+            rows.append(throughput_row("Dask LocalCluster", paths, spec, workers, "dask"))
             print(rows[-1], file=sys.stderr, flush=True)
         one = next((r for r in rows if r["run"] != "in-process" and r["workers x threads"] == "1 x 1"), None)
         for r in rows:
@@ -127,8 +127,8 @@ def main(argv=None):
     if not args.skip_overhead:
         path = kodak_images([args.overhead_image])[0]
         warm = kodak_images()[0]
-        options = batch_options({"n_kernels": args.overhead_kernels, "iters": args.overhead_iters})
-        rows = overhead_rows(path, warm, options, args.repeat)
+        spec = batch_spec({"n_kernels": args.overhead_kernels, "iters": args.overhead_iters})
+        rows = overhead_rows(path, warm, spec, args.repeat)
         for r in rows:
             print(r, file=sys.stderr, flush=True)
         text += [f"### Dask overhead: {path.stem}, {args.overhead_kernels} kernels, {args.overhead_iters} iterations",
