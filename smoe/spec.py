@@ -10,8 +10,8 @@ the model file record, so a fit can be repeated from either with
 :meth:`FitSpec.from_dict`.
 
 Tuned defaults of a task are named presets of this class beside the task
-(:data:`smoe.denoising.PRESET`, :data:`smoe.superres.PRESET`).  Light to
-import: no torch, no numba.
+(:data:`smoe.denoising_preset.PRESET`, :data:`smoe.superres_preset.PRESET`).
+Light to import: no torch, no numba, no NumPy.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class FitSpec:
     def _validate_for(self, shape: tuple[int, ...]) -> None:
         if self.init == MODEL_INIT:
             return  # the ready model sets the kernels; there is no initializer to run
-        from .initializers import available  # late: the registry loads torch
+        from .initializers import available  # late: the registry loads NumPy, which a spec does not need
 
         if self.init not in available():
             raise ValueError(f"unknown initializer {self.init!r}; choose one of {', '.join(available())}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..outputnames import FIT_OUTPUTS
 from .guards import _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
 from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _key_value, _non_negative_float,
                       _positive_float, _positive_int)
@@ -11,8 +12,6 @@ from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _k
 
 # ================================================================== fit
 def _add_fit(p) -> None:
-    from ..outputs import FIT_OUTPUTS
-
     p.description = ("Fit steered kernels to an image by gradient descent and write the model, its "
                      "reconstruction, quality metrics and figures to an output directory.")
     p.epilog = ("Outputs (existing files are replaced): " + ", ".join(FIT_OUTPUTS) + ". "
@@ -72,7 +71,7 @@ def _run_fit(args) -> int:
     from ..atomic import write_output_folder
     from ..fitting import fit
     from ..imageio import default_image_path, read_image
-    from ..outputs import FIT_OUTPUTS, fit_outputs
+    from ..outputs import fit_outputs
 
     spec = _fit_spec(args)
     image_path = Path(args.image) if args.image else default_image_path()
@@ -116,8 +115,6 @@ def _validate_for(spec, shape, path) -> None:
 
 
 def _print_fit_summary(report: dict, outdir: Path) -> None:
-    from ..outputs import FIT_OUTPUTS
-
     q = report
     psnr = "inf" if q["psnr"] is None else f"{q['psnr']:.2f}"
     ssim = "" if q["ssim"] is None else f", SSIM {q['ssim']:.4f}"
@@ -134,7 +131,6 @@ def _print_fit_summary(report: dict, outdir: Path) -> None:
 # ============================================================ fit-batch
 def _add_fit_batch(p) -> None:
     from ..executor import BACKENDS
-    from ..outputs import FIT_OUTPUTS
 
     p.description = ("Fit every image of the given files, folders and glob patterns as 'smoe fit' "
                      "would, on local workers or on an existing Dask cluster. A rerun skips each image whose "

@@ -11,9 +11,9 @@ from .options import EXIT_OK, CliError, _non_negative_float, _non_negative_int, 
 
 # ============================================================== denoise
 def _add_denoise(p) -> None:
-    from .. import denoising as dn
+    from .. import denoising_preset as dn
     from ..initializers import available as available_initializers
-    from ..rasterizer import MODES
+    from ..spec import MODES
 
     p.description = ("Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
                      "shifted by a different offset and its own random start, and write the mean of their "
@@ -118,10 +118,10 @@ def _run_denoise(args) -> int:
 
 # ============================================================== upscale
 def _add_upscale(p) -> None:
-    from .. import superres as sr
+    from .. import superres_preset as sr
     from ..initializers import available as available_initializers
-    from ..rasterizer import MODES
     from ..sizes import MAX_OUTPUT_PIXELS
+    from ..spec import MODES
 
     p.description = ("Fit a model to an image and render it on a finer pixel raster covering the same "
                      "area; --sharpen below 1 narrows every kernel for crisper edges.")
