@@ -2,10 +2,14 @@
 
 ``smoe info`` reports the mean number of kernels per 16 x 16 tile and the
 kernels' bandwidths; computing them here, in NumPy, lets it describe a model
-file without loading torch and numba.  The values are those of the torch code
-(:func:`smoe.rasterizer.kernels_per_tile`, :func:`smoe.model.bounding_radius`,
-:attr:`smoe.model.Model.covariance`): every step is the same elementwise IEEE
-operation in the parameters' own dtype, which the parity tests check.
+file without loading torch and numba.  Every step is the elementwise operation
+of the torch code (:func:`smoe.rasterizer.kernels_per_tile`,
+:func:`smoe.model.bounding_radius`, :attr:`smoe.model.Model.covariance`) in the
+parameters' own dtype.  Covariances and eigenvalues come out bit-identical;
+torch's vectorized square root and scalar division are not always correctly
+rounded, so a radius may differ in its last bit, which changes a kernel count
+only if a box edge falls on a tile border to that bit (the parity tests check
+the counts on random models).
 """
 
 from __future__ import annotations
