@@ -7,9 +7,9 @@ of the torch code (:func:`smoe.rasterizer.kernels_per_tile`,
 :func:`smoe.model.bounding_radius`, :attr:`smoe.model.Model.covariance`) in the
 parameters' own dtype.  Covariances and eigenvalues come out bit-identical;
 torch's vectorized square root and scalar division are not always correctly
-rounded, so a radius may differ in its last bit, which changes a kernel count
-only if a box edge falls on a tile border to that bit (the parity tests check
-the counts on random models).
+rounded, so a radius or an axis may differ in its last bit: a kernel count
+changes only if a box edge falls on a tile border to that bit (the parity
+tests check the counts on random models), a bandwidth in its 16th digit.
 """
 
 from __future__ import annotations
