@@ -34,11 +34,19 @@ def test_help_loads_no_heavy_module(args):
     assert _run(*args) == (0, [])
 
 
-@pytest.mark.parametrize("args", [["fit", "--iters", "-3", "x.png"], ["render"], ["info"],
-                                  ["info", "/no/such/model.npz"], ["fit", "--mode", "foo"],
-                                  ["denoise", "--models", "0", "x.png", "-o", "y.png"]])
+#: Bad arguments, and inputs found missing before any work: each is refused before torch loads.
+BAD_ARGUMENTS = [
+    "fit --iters -3 x.png", "fit --mode foo", "fit --lam 1 --mode rbf /no/such/image.png", "fit /no/such/image.png",
+    "fit-batch --workers 2 --scheduler tcp://host:1 a.png", "render", "render /no/such/model.npz -o x.png",
+    "info", "info /no/such/model.npz", "eval /no/such/a.png /no/such/b.png",
+    "denoise --models 0 x.png -o y.png", "denoise --sigma 5 x.png -o y.png",
+    "upscale /no/such/image.png --scale 2 -o x.png", "segment /no/such/image.png -o x.png",
+]
+
+
+@pytest.mark.parametrize("args", BAD_ARGUMENTS)
 def test_argument_errors_load_no_heavy_module(args):
-    assert _run(*args) == (2, [])
+    assert _run(*args.split()) == (2, [])
 
 
 @pytest.fixture(scope="module")

@@ -68,10 +68,7 @@ def _add_fit_options(p) -> None:
 
 
 def _run_fit(args) -> int:
-    from ..atomic import write_output_folder
-    from ..fitting import fit
     from ..imageio import default_image_path, read_image
-    from ..outputs import fit_outputs
 
     spec = _fit_spec(args)
     image_path = Path(args.image) if args.image else default_image_path()
@@ -81,6 +78,10 @@ def _run_fit(args) -> int:
     image = read_image(image_path)
     h, w = image.shape[:2]
     _validate_for(spec, image.shape, image_path)
+    from ..atomic import write_output_folder
+    from ..fitting import fit  # torch and numba load once the arguments and the image are known to be good
+    from ..outputs import fit_outputs
+
     # The folder itself is made by the final rename, so that every output appears at once.
     with _removed_on_failure(_prepare_outdir(outdir, FIT_OUTPUTS, create=False)):
         if not args.quiet:
@@ -164,9 +165,6 @@ def _add_fit_batch(p) -> None:
 
 
 def _run_fit_batch(args) -> int:
-    from ..batch import BATCH_FILES, BatchError, fit_batch
-    from ..executor import ExecutorError
-
     spec = _fit_spec(args)
     if args.scheduler is not None and args.workers is not None:
         raise CliError("--workers starts local workers and --scheduler uses a cluster's own; give only one of them")
@@ -174,6 +172,9 @@ def _run_fit_batch(args) -> int:
         raise CliError(f"--scheduler needs the dask backend; drop --backend {args.backend}")
     if args.output == "":
         raise CliError("-o '' names no output folder; give one, e.g. -o smoe-out, or leave -o out")
+    from ..batch import BATCH_FILES, BatchError, fit_batch  # loads torch: after the checks of the arguments
+    from ..executor import ExecutorError
+
     outdir = Path(args.output)
     with _removed_on_failure(_prepare_outdir(outdir, BATCH_FILES)):
         try:

@@ -87,12 +87,12 @@ def _add_eval(p) -> None:
 
 def _run_eval(args) -> int:
     from ..imageio import read_image
-    from ..metrics import evaluate
 
     reference, image = read_image(args.reference), read_image(args.image)
     if reference.shape != image.shape:
         raise CliError(f"{args.image} is {_shape_text(image)} but {args.reference} is {_shape_text(reference)}; "
                        "compare images of the same size and colour type")
+    from ..metrics import evaluate  # loads torch: after the images are known to be comparable
     q = evaluate(reference, image, lpips=not args.no_lpips)
     print(json.dumps(q) if args.json else "\n".join(_quality_lines(q)))
     return EXIT_OK

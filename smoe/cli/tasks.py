@@ -63,6 +63,9 @@ def _add_denoise(p) -> None:
 
 
 def _run_denoise(args) -> int:
+    if args.sigma is not None and args.sigma > 1:
+        raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
+                       f"--sigma {args.sigma / 255:.3g}")
     from ..denoising import MAX_MODELS, denoise, kernel_density, shift_offsets
     from ..executor import ExecutorError, available_cores
     from ..imageio import read_image, write_image
@@ -70,9 +73,6 @@ def _run_denoise(args) -> int:
     from ..noise import estimate_noise
     from ..spec import kernel_budget
 
-    if args.sigma is not None and args.sigma > 1:
-        raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
-                       f"--sigma {args.sigma / 255:.3g}")
     offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
     try:
         check_area_power(args.area_power)
@@ -155,11 +155,12 @@ def _add_upscale(p) -> None:
 def _run_upscale(args) -> int:
     from ..imageio import read_image, write_image
     from ..sizes import output_size
-    from ..superres import upscale
 
     image = read_image(args.image)
     h, w = image.shape[:2]
     output_size((h, w), scale=args.scale, size=args.size)  # a size past the limit fails before any file
+    from ..superres import upscale  # loads torch: after the checks of the arguments
+
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
         big, result = upscale(image, scale=args.scale, size=args.size, sharpen=args.sharpen,
@@ -190,10 +191,11 @@ def _add_segment(p) -> None:
 
 def _run_segment(args) -> int:
     from ..imageio import read_image, write_image
-    from ..labels import draw_segmentation, segment_stats
-    from ..segment import mdbscan
 
     image = read_image(args.image)
+    from ..labels import draw_segmentation, segment_stats  # scipy and numba: after the image is read
+    from ..segment import mdbscan
+
     labels = mdbscan(image, args.threshold)
     n = int(labels.max())
     if args.labels is not None and n > 65535:
