@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .sizes import TILE, output_size
+from .sizes import check_tile_offset, output_size
 from .spec import MODES, SCOPES, FitSpec
 from .validate import check_choice, check_finite, is_whole
 
@@ -66,14 +66,12 @@ class FittedModel:
         check_choice("scope", self.scope, SCOPES)
         if not (len(self.frame) == 2 and all(is_whole(s) and s >= 1 for s in self.frame)):
             raise ValueError(f"frame must be (height, width), two positive whole numbers, got {self.frame!r}")
-        if not (len(self.tile_offset) == 2 and all(is_whole(o) and 0 <= o < TILE for o in self.tile_offset)):
-            raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {TILE - 1}, "
-                             f"got {self.tile_offset!r}")
+        tile_offset = check_tile_offset(self.tile_offset)
         if self.spec is not None and not isinstance(self.spec, FitSpec):
             raise ValueError(f"spec must be a FitSpec or None, got {type(self.spec).__name__}")
         # Plain ints, so that equality, JSON and TileGrid see the same values however they were given.
         object.__setattr__(self, "frame", (int(self.frame[0]), int(self.frame[1])))
-        object.__setattr__(self, "tile_offset", (int(self.tile_offset[0]), int(self.tile_offset[1])))
+        object.__setattr__(self, "tile_offset", tile_offset)
 
     @property
     def height(self) -> int:

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Mahalanobis radius squared of the 99 % confidence ellipse of a 2D Gaussian,
-#: the chi-square quantile with 2 degrees of freedom: -2 ln(0.01).
-CHI2_99 = -2.0 * math.log(0.01)
+from .kernelfacts import CHI2_99
 
 
 def _as_tensor(x, dtype=None, device=None) -> torch.Tensor:

@@ -28,6 +28,8 @@ the ``.npy`` headers itself and refuses an array of Python objects, so opening
 a model file from a stranger cannot run code; sizes are checked against the
 caps of :mod:`smoe.limits` before memory is committed.  Parameters are stored
 in their own dtype, so a saved model renders bit-identically after loading.
+Reading and checking a file needs NumPy only (:func:`read_model_arrays`, what
+``smoe info`` uses); torch is loaded when :func:`load_model` builds the model.
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ from .archive import ArchiveError, NpyHeader, Npz
 from .atomic import atomic_write_bytes
 from .limits import MAX_KERNELS, MAX_META_BYTES, MAX_PARAMETER, check_frame, load_json, open_regular
 from .fitted import FittedModel
-from .model import Model
+from .sizes import check_tile_offset
 from .spec import MODES, SCOPES, FitSpec
 from .version import __version__
 
-__all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "model_file_bytes", "FORMAT_NAME",
-           "FORMAT_VERSION"]
+__all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "read_model_arrays", "model_file_bytes",
+           "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "smoe-model"
 #: The newest format version this code reads and the one it writes.
@@ -164,7 +166,7 @@ def load_model(path) -> FittedModel:
 
 
 def read_model_file(path) -> tuple[FittedModel, dict]:
-    """:func:`load_model`, and the file's metadata (for ``smoe info``).
+    """:func:`load_model`, and the file's metadata.
 
     Returns
     -------
@@ -173,6 +175,42 @@ def read_model_file(path) -> tuple[FittedModel, dict]:
         ``format``, ``format_version``, ``mode``, ``scope``, ``height``,
         ``width``, ``channels``, ``tile_offset``, ``smoe_version`` and ``spec``
         (format 2) or ``settings`` (format 1); see the module docstring.
+    """
+    arrays, meta, spec = read_model_arrays(path)
+    from .model import Model  # here, not at the top: reading a file for `smoe info` must not load torch
+
+    try:
+        model = Model(*(arrays[name] for name in _ARRAYS))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: invalid model: {exc}") from exc
+    try:
+        fitted = FittedModel(model, (meta["height"], meta["width"]), meta["mode"], meta["scope"],
+                             tuple(meta["tile_offset"]), spec)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
+    return fitted, meta
+
+
+def read_model_arrays(path) -> tuple[dict[str, np.ndarray], dict, FitSpec | None]:
+    """A model file's checked parameter arrays, metadata and fit spec, read with NumPy alone.
+
+    Every check of :func:`load_model` on the file is made; only the torch
+    :class:`smoe.model.Model` is not built.
+
+    Returns
+    -------
+    arrays : dict of str to ndarray
+        ``mu`` (L, 2), ``chol`` (L, 3), ``pi`` (L,), ``experts`` (L, C), in the stored dtype.
+    meta : dict
+        As :func:`read_model_file` returns it.
+    spec : FitSpec or None
+        The stored fit spec (None where a format-1 file's settings are not a spec's fields).
+
+    Examples
+    --------
+    >>> arrays, meta, spec = read_model_arrays("out/model.smoe.npz")  # doctest: +SKIP
+    >>> arrays["mu"].shape, meta["format_version"]  # doctest: +SKIP
+    ((2000, 2), 2)
     """
     path = Path(path)
     with _open_archive(path) as npz:
@@ -187,16 +225,7 @@ def read_model_file(path) -> tuple[FittedModel, dict]:
             raise _fail(path, f"truncated or corrupt model file ({exc})") from exc
         except MemoryError as exc:
             raise _fail(path, "too large to load in the memory available") from exc
-    try:
-        model = Model(*(arrays[name] for name in _ARRAYS))
-    except ValueError as exc:
-        raise ModelFileError(f"{path}: invalid model: {exc}") from exc
-    try:
-        fitted = FittedModel(model, (meta["height"], meta["width"]), meta["mode"], meta["scope"],
-                             tuple(meta["tile_offset"]), _stored_spec(path, meta))
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
-    return fitted, meta
+    return arrays, meta, _stored_spec(path, meta)
 
 
 def _stored_spec(path: Path, meta: dict) -> FitSpec | None:
@@ -340,6 +369,10 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     offset = meta["tile_offset"]
     if not (isinstance(offset, list) and len(offset) == 2 and all(_is_int(o) for o in offset)):
         raise _fail(path, f"tile_offset must be a list of two whole numbers, got {offset!r}")
+    try:
+        check_tile_offset(tuple(offset))
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from None
     meta.setdefault("smoe_version", "unknown")
     return meta
 

@@ -26,14 +26,10 @@ from . import metrics
 from .fitted import FittedModel
 from .imageio import encode_image
 from .modelfile import model_file_bytes
+from .outputnames import FIT_OUTPUTS
 from .version import __version__
 
 __all__ = ["FIT_OUTPUTS", "fit_outputs"]
-
-#: What one fit writes into its output folder.
-FIT_OUTPUTS = ("model.smoe.npz", "reconstruction.png", "metrics.json", "history.csv", "convergence.png",
-               "kernels.png")
-
 
 def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, image_path, run: dict,
                 ) -> tuple[dict[str, bytes], dict]:

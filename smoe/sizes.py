@@ -12,13 +12,27 @@ import math
 
 from .validate import is_real, is_whole
 
-__all__ = ["TILE", "MAX_OUTPUT_PIXELS", "output_size", "check_output_pixels"]
+__all__ = ["TILE", "MAX_OUTPUT_PIXELS", "output_size", "check_output_pixels", "check_tile_offset"]
 
 #: Side of the square tiles of rasterized rendering, in pixels of the fitted frame (R paper, Section IV).
 TILE = 16
 #: Largest output raster (width x height) smoe renders; bigger requests are refused before any work
 #: (a float32 RGB raster of this size takes 1.2 GB, and rendering it several times more).
 MAX_OUTPUT_PIXELS = 100_000_000
+
+
+def check_tile_offset(offset) -> tuple[int, int]:
+    """Refuse a tile-grid shift that is not two whole numbers ``(oy, ox)`` in ``[0, TILE)``; returns it as ints.
+
+    Examples
+    --------
+    >>> check_tile_offset([3, 7])
+    (3, 7)
+    """
+    if not (isinstance(offset, (tuple, list)) and len(offset) == 2 and all(is_whole(o) and 0 <= o < TILE
+                                                                           for o in offset)):
+        raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {TILE - 1}, got {offset!r}")
+    return int(offset[0]), int(offset[1])
 
 
 def check_output_pixels(height: int, width: int) -> tuple[int, int]:

@@ -10,8 +10,8 @@ the model file record, so a fit can be repeated from either with
 :meth:`FitSpec.from_dict`.
 
 Tuned defaults of a task are named presets of this class beside the task
-(:data:`smoe.denoising.PRESET`, :data:`smoe.superres.PRESET`).  Light to
-import: no torch, no numba.
+(:data:`smoe.denoising_preset.PRESET`, :data:`smoe.superres_preset.PRESET`).
+Light to import: no torch, no numba, no NumPy.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .sizes import TILE
+from .sizes import check_tile_offset
 from .validate import check_choice, check_finite, check_kernel_count, is_real, is_whole
 
 __all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "kernel_budget"]
@@ -119,10 +119,7 @@ class FitSpec:
         if not (isinstance(self.init_options, dict) and all(isinstance(k, str) for k in self.init_options)):
             raise ValueError(f"init_options must be a dict with option names as keys, got {self.init_options!r}")
         _check_count("seed", self.seed, 0)
-        offset = self.tile_offset
-        if not (isinstance(offset, (tuple, list)) and len(offset) == 2
-                and all(is_whole(o) and 0 <= o < TILE for o in offset)):
-            raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {TILE - 1}, got {offset!r}")
+        check_tile_offset(self.tile_offset)
         self._validate_optimizer()
         if self.n_kernels is not None and not (is_whole(self.n_kernels) and self.n_kernels >= 1):
             raise ValueError(f"n_kernels must be a positive whole number (or None for initializers that choose "
@@ -152,7 +149,7 @@ class FitSpec:
     def _validate_for(self, shape: tuple[int, ...]) -> None:
         if self.init == MODEL_INIT:
             return  # the ready model sets the kernels; there is no initializer to run
-        from .initializers import available  # late: the registry loads torch
+        from .initializers import available  # late: the registry loads NumPy, which a spec does not need
 
         if self.init not in available():
             raise ValueError(f"unknown initializer {self.init!r}; choose one of {', '.join(available())}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..outputnames import FIT_OUTPUTS
 from .guards import _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
 from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _key_value, _non_negative_float,
                       _positive_float, _positive_int)
@@ -11,8 +12,6 @@ from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _k
 
 # ================================================================== fit
 def _add_fit(p) -> None:
-    from ..outputs import FIT_OUTPUTS
-
     p.description = ("Fit steered kernels to an image by gradient descent and write the model, its "
                      "reconstruction, quality metrics and figures to an output directory.")
     p.epilog = ("Outputs (existing files are replaced): " + ", ".join(FIT_OUTPUTS) + ". "
@@ -69,10 +68,7 @@ def _add_fit_options(p) -> None:
 
 
 def _run_fit(args) -> int:
-    from ..atomic import write_output_folder
-    from ..fitting import fit
     from ..imageio import default_image_path, read_image
-    from ..outputs import FIT_OUTPUTS, fit_outputs
 
     spec = _fit_spec(args)
     image_path = Path(args.image) if args.image else default_image_path()
@@ -82,6 +78,10 @@ def _run_fit(args) -> int:
     image = read_image(image_path)
     h, w = image.shape[:2]
     _validate_for(spec, image.shape, image_path)
+    from ..atomic import write_output_folder
+    from ..fitting import fit  # torch and numba load once the arguments and the image are known to be good
+    from ..outputs import fit_outputs
+
     # The folder itself is made by the final rename, so that every output appears at once.
     with _removed_on_failure(_prepare_outdir(outdir, FIT_OUTPUTS, create=False)):
         if not args.quiet:
@@ -116,8 +116,6 @@ def _validate_for(spec, shape, path) -> None:
 
 
 def _print_fit_summary(report: dict, outdir: Path) -> None:
-    from ..outputs import FIT_OUTPUTS
-
     q = report
     psnr = "inf" if q["psnr"] is None else f"{q['psnr']:.2f}"
     ssim = "" if q["ssim"] is None else f", SSIM {q['ssim']:.4f}"
@@ -134,7 +132,6 @@ def _print_fit_summary(report: dict, outdir: Path) -> None:
 # ============================================================ fit-batch
 def _add_fit_batch(p) -> None:
     from ..executor import BACKENDS
-    from ..outputs import FIT_OUTPUTS
 
     p.description = ("Fit every image of the given files, folders and glob patterns as 'smoe fit' "
                      "would, on local workers or on an existing Dask cluster. A rerun skips each image whose "
@@ -168,9 +165,6 @@ def _add_fit_batch(p) -> None:
 
 
 def _run_fit_batch(args) -> int:
-    from ..batch import BATCH_FILES, BatchError, fit_batch
-    from ..executor import ExecutorError
-
     spec = _fit_spec(args)
     if args.scheduler is not None and args.workers is not None:
         raise CliError("--workers starts local workers and --scheduler uses a cluster's own; give only one of them")
@@ -178,6 +172,9 @@ def _run_fit_batch(args) -> int:
         raise CliError(f"--scheduler needs the dask backend; drop --backend {args.backend}")
     if args.output == "":
         raise CliError("-o '' names no output folder; give one, e.g. -o smoe-out, or leave -o out")
+    from ..batch import BATCH_FILES, BatchError, fit_batch  # loads torch: after the checks of the arguments
+    from ..executor import ExecutorError
+
     outdir = Path(args.output)
     with _removed_on_failure(_prepare_outdir(outdir, BATCH_FILES)):
         try:

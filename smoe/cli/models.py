@@ -12,8 +12,7 @@ from .options import EXIT_OK, CliError, _positive_float, _size
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..fitted import FittedModel
-    from ..model import Model
+    from ..spec import FitSpec
 
 
 # ============================================================= quality
@@ -88,12 +87,12 @@ def _add_eval(p) -> None:
 
 def _run_eval(args) -> int:
     from ..imageio import read_image
-    from ..metrics import evaluate
 
     reference, image = read_image(args.reference), read_image(args.image)
     if reference.shape != image.shape:
         raise CliError(f"{args.image} is {_shape_text(image)} but {args.reference} is {_shape_text(reference)}; "
                        "compare images of the same size and colour type")
+    from ..metrics import evaluate  # loads torch: after the images are known to be comparable
     q = evaluate(reference, image, lpips=not args.no_lpips)
     print(json.dumps(q) if args.json else "\n".join(_quality_lines(q)))
     return EXIT_OK
@@ -118,10 +117,10 @@ def _add_info(p) -> None:
 
 
 def _run_info(args) -> int:
-    from ..modelfile import read_model_file
+    from ..modelfile import read_model_arrays
 
-    fitted, meta = read_model_file(args.model)
-    facts = _model_facts(fitted, meta)
+    arrays, meta, spec = read_model_arrays(args.model)
+    facts = _model_facts(arrays, meta, spec)
     if args.json:
         print(json.dumps(facts, indent=2))
         return EXIT_OK
@@ -148,37 +147,21 @@ def _run_info(args) -> int:
     return EXIT_OK
 
 
-def _model_facts(fitted: FittedModel, meta: dict) -> dict:
-    model, spec = fitted.model, fitted.spec
+def _model_facts(arrays: dict[str, np.ndarray], meta: dict, spec: FitSpec | None) -> dict:
+    """What ``smoe info`` prints, computed with NumPy (:mod:`smoe.kernelfacts`) so that torch never loads."""
+    from ..kernelfacts import bandwidth, kernels_per_tile
+
+    frame = (meta["height"], meta["width"])
     return {
-        "kernels": len(model), "channels": model.channels, "mode": fitted.mode, "scope": fitted.scope,
-        "height": fitted.height, "width": fitted.width, "tile_offset": list(fitted.tile_offset),
+        "kernels": len(arrays["mu"]), "channels": arrays["experts"].shape[1], "mode": meta["mode"],
+        "scope": meta["scope"], "height": frame[0], "width": frame[1], "tile_offset": list(meta["tile_offset"]),
         "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "kernels_per_tile": _raster_kernels(fitted),
-        "bandwidth_px": _bandwidth(model),
+        "dtype": str(arrays["mu"].dtype),
+        # at the fitted size, also for a global-scope model (as if rasterized)
+        "kernels_per_tile": kernels_per_tile(arrays["mu"], arrays["chol"], arrays["pi"], frame, mode=meta["mode"],
+                                             tile_offset=tuple(meta["tile_offset"])),
+        "bandwidth_px": bandwidth(arrays["chol"]),
         # Format 1 stored free settings, shown as they are; format 2 the fit spec.
         "settings": dict(sorted(meta["settings"].items())) if meta["format_version"] == 1
         else {} if spec is None else spec.to_dict(),
     }
-
-
-def _raster_kernels(fitted: FittedModel) -> float:
-    """Mean kernels per 16 x 16 tile at the fitted size, also for a global-scope model (as if rasterized)."""
-    import dataclasses
-
-    return dataclasses.replace(fitted, scope="raster").kernels_per_tile()
-
-
-def _bandwidth(model: Model) -> dict | None:
-    """Statistics of the kernels' standard deviations along their principal axes, in pixels."""
-    import numpy as np
-    import torch
-
-    if len(model) == 0:
-        return None
-    axes = torch.linalg.eigvalsh(model.covariance.double()).clamp(min=0).sqrt().numpy()  # ascending: minor, major
-    minor, major = axes[:, 0], axes[:, 1]
-    return {"median_sigma": float(np.median(np.sqrt(minor * major))), "median_major": float(np.median(major)),
-            "median_minor": float(np.median(minor)), "min_major": float(major.min()),
-            "max_major": float(major.max())}

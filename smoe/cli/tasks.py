@@ -11,9 +11,9 @@ from .options import EXIT_OK, CliError, _non_negative_float, _non_negative_int, 
 
 # ============================================================== denoise
 def _add_denoise(p) -> None:
-    from .. import denoising as dn
+    from .. import denoising_preset as dn
     from ..initializers import available as available_initializers
-    from ..rasterizer import MODES
+    from ..spec import MODES
 
     p.description = ("Fit several rasterized models to a noisy image, each with its 16x16 tile grid "
                      "shifted by a different offset and its own random start, and write the mean of their "
@@ -63,6 +63,9 @@ def _add_denoise(p) -> None:
 
 
 def _run_denoise(args) -> int:
+    if args.sigma is not None and args.sigma > 1:
+        raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
+                       f"--sigma {args.sigma / 255:.3g}")
     from ..denoising import MAX_MODELS, denoise, kernel_density, shift_offsets
     from ..executor import ExecutorError, available_cores
     from ..imageio import read_image, write_image
@@ -70,9 +73,6 @@ def _run_denoise(args) -> int:
     from ..noise import estimate_noise
     from ..spec import kernel_budget
 
-    if args.sigma is not None and args.sigma > 1:
-        raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
-                       f"--sigma {args.sigma / 255:.3g}")
     offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
     try:
         check_area_power(args.area_power)
@@ -118,10 +118,10 @@ def _run_denoise(args) -> int:
 
 # ============================================================== upscale
 def _add_upscale(p) -> None:
-    from .. import superres as sr
+    from .. import superres_preset as sr
     from ..initializers import available as available_initializers
-    from ..rasterizer import MODES
     from ..sizes import MAX_OUTPUT_PIXELS
+    from ..spec import MODES
 
     p.description = ("Fit a model to an image and render it on a finer pixel raster covering the same "
                      "area; --sharpen below 1 narrows every kernel for crisper edges.")
@@ -155,11 +155,12 @@ def _add_upscale(p) -> None:
 def _run_upscale(args) -> int:
     from ..imageio import read_image, write_image
     from ..sizes import output_size
-    from ..superres import upscale
 
     image = read_image(args.image)
     h, w = image.shape[:2]
     output_size((h, w), scale=args.scale, size=args.size)  # a size past the limit fails before any file
+    from ..superres import upscale  # loads torch: after the checks of the arguments
+
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
         big, result = upscale(image, scale=args.scale, size=args.size, sharpen=args.sharpen,
@@ -190,10 +191,11 @@ def _add_segment(p) -> None:
 
 def _run_segment(args) -> int:
     from ..imageio import read_image, write_image
-    from ..labels import draw_segmentation, segment_stats
-    from ..segment import mdbscan
 
     image = read_image(args.image)
+    from ..labels import draw_segmentation, segment_stats  # scipy and numba: after the image is read
+    from ..segment import mdbscan
+
     labels = mdbscan(image, args.threshold)
     n = int(labels.max())
     if args.labels is not None and n > 65535:

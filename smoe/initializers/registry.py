@@ -7,19 +7,22 @@ and imported on first use, so importing this module imports none of them and
 they never import each other through it; others join with :func:`register`.
 :func:`initialize` looks an initializer up by name and checks what every
 initializer shares (its options, the kernel budget), so adding an initializer
-never touches the fitting code.
+never touches the fitting code.  Importing this module does not import torch,
+so the command line lists the initializers in ``smoe fit --help`` quickly.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..model import Model
 from ..validate import check_kernel_count
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 #: Built-in initializer name -> ``"module:function"``, imported on first use.
 BUILTINS = {
@@ -86,6 +89,8 @@ def require_budget(name: str, n_kernels: int | None) -> int:
 def round_kernels(centres: np.ndarray, sigma, image: np.ndarray) -> Model:
     """Round kernels of standard deviation ``sigma`` px at ``centres`` (n, 2), pi = 1,
     experts sampled from the image at the pixel under each centre."""
+    from ..model import Model  # not at the top: listing initializers must not load torch
+
     h, w, _ = image.shape
     n = centres.shape[0]
     inv = 1.0 / np.broadcast_to(np.asarray(sigma, np.float32), (n,))

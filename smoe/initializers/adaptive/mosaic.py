@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ...fused_cpu import rasterize_cpu
-from ...model import CHI2_99
+from ...kernelfacts import bounding_radius
 from ...tiles import TILE, TileBins, TileGrid
 
 #: Local centres live on this grid (px) so that centre + mosaic shift is exact in float32.
@@ -118,7 +118,7 @@ class Mosaic:
 
     def reach(self, mu: np.ndarray, chol: np.ndarray) -> np.ndarray:
         """(nq, N) bool: kernel j's 99 % box (as :func:`smoe.tiles.bin_kernels`) touches sub-tile q."""
-        r = _bounding_radius(chol)
+        r = bounding_radius(np.asarray(chol, np.float64))
         t0 = np.floor((mu - r[:, None]) / TILE)
         t1 = np.floor((mu + r[:, None]) / TILE)
         q = np.arange(self.nq)
@@ -207,15 +207,6 @@ def render_blocks(mu, chol, pi, experts, owner, n_blocks: int, block: int = 32) 
         tiles = mosaic.render(m[sel], pick(chol)[sel], pick(pi)[sel], pick(experts)[sel], own[sel] - lo)
         out.append(mosaic.merge(tiles))
     return np.concatenate(out) if out else np.zeros((0, block, block, np.shape(experts)[1]), np.float32)
-
-
-def _bounding_radius(chol: np.ndarray) -> np.ndarray:
-    """(N,) NumPy twin of :func:`smoe.model.bounding_radius`: major semi-axis of the 99 % ellipse."""
-    b00, b10, b11 = (chol[:, i].astype(np.float64) for i in range(3))
-    p00, p01, p11 = b00 * b00 + b10 * b10, b10 * b11, b11 * b11
-    disc = np.sqrt(0.25 * (p00 - p11) ** 2 + p01 * p01)
-    lam_min = np.maximum((b00 * b11) ** 2 / (0.5 * (p00 + p11) + disc), np.finfo(np.float64).tiny)
-    return np.sqrt(CHI2_99 / lam_min)
 
 
 def quantize(mu: np.ndarray) -> np.ndarray:
