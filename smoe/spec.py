@@ -61,7 +61,7 @@ class FitSpec:
         between removals of dead kernels.
     target_psnr, target_corr, tol, time_budget
         Stop rules, None for off: a PSNR in dB; a neighbour correlation of the
-        residual (:func:`smoe.fit.neighbour_correlation`); a relative loss
+        residual (:func:`smoe.fitting.neighbour_correlation`); a relative loss
         decrease between log points; seconds of fitting.
     log_every : int
         Steps between history records (and checks of ``target_corr``, ``tol``).
