@@ -11,7 +11,9 @@ middle of a stream, but not these.  :func:`check_image` refuses them:
   (:data:`smoe.limits.MAX_IMAGE_PIXELS`), before anything is decoded;
 * the decoder tiles of the first frame must cover the whole image;
 * a PNG's compressed stream must inflate to exactly the bytes its header
-  implies (counted in chunks, nothing kept).
+  implies (counted in chunks, nothing kept);
+* a JPEG must decode without a recoverable error in libjpeg-turbo's strict
+  mode (through simplejpeg): libjpeg pads a short scan and only warns.
 
 :func:`pillow_warnings` turns Pillow's warnings about truncated data into
 errors and lets the others through.  All problems raise ``ValueError`` with a
@@ -20,7 +22,8 @@ one-line message without the file name; :mod:`smoe.imageio` adds it.
 Examples
 --------
 >>> import io
->>> from PIL import Image
+>>> import simplejpeg
+from PIL import Image
 >>> buffer = io.BytesIO()
 >>> Image.new("L", (8, 4)).save(buffer, "PNG")
 >>> check_image(Image.open(buffer), buffer.getvalue())
@@ -33,6 +36,7 @@ import struct
 import warnings
 import zlib
 
+import simplejpeg
 from PIL import Image
 
 from .limits import MAX_IMAGE_PIXELS, check_pixels
@@ -44,6 +48,8 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # Adam7 passes: (first row, first column, row step, column step).
 _ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
 _CHUNK = 1 << 20
+#: simplejpeg output colour space for a JPEG colour space (anything else decodes to RGB).
+_JPEG_TARGET = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
 
 
 def check_image(image: Image.Image, data: bytes) -> None:
@@ -73,7 +79,7 @@ def check_image(image: Image.Image, data: bytes) -> None:
     if image.format == "PNG" and data.startswith(_PNG_SIGNATURE):
         _check_png_stream(data)
     if image.format == "JPEG":
-        _check_jpeg_blocks(image, data)
+        _check_jpeg_data(data)
 
 
 def _area(extents, width: int, height: int) -> int:
@@ -97,22 +103,21 @@ def _check_png_stream(data: bytes) -> None:
                          "(truncated or inconsistent file)")
 
 
-def _check_jpeg_blocks(image: Image.Image, data: bytes) -> None:
-    """The coded data must have room for at least one bit per 8 x 8 block the frame header implies.
+def _check_jpeg_data(data: bytes) -> None:
+    """libjpeg-turbo, in strict mode, must decode the whole frame without a recoverable error.
 
-    Fewer bits cannot code a block, so a JPEG whose size fields were raised is
-    refused before libjpeg pads it with grey.
+    libjpeg pads a scan that ends early with flat blocks and only warns, so a
+    JPEG whose height field was raised, or whose data were cut inside the
+    scan, would load at a size its data do not hold.  simplejpeg's strict mode
+    turns those warnings into errors; the decoded pixels are discarded
+    (Pillow decodes them again, so pixels do not depend on this check).
     """
-    layout = getattr(image, "layer", None)  # (id, h sampling, v sampling, table) per component
-    scan = data.find(b"\xff\xda")
-    if not layout or scan < 0:
-        return
-    width, height = image.size
-    hmax, vmax = max(c[1] for c in layout), max(c[2] for c in layout)
-    blocks = sum(_ceil(_ceil(width * h, hmax), 8) * _ceil(_ceil(height * v, vmax), 8) for _, h, v, _ in layout)
-    if (len(data) - scan) * 8 < blocks:
-        raise ValueError(f"coded data of {len(data) - scan} bytes cannot hold the {width}x{height} pixels "
-                         "the header claims (truncated or inconsistent file)")
+    try:
+        colourspace = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(data, colorspace=_JPEG_TARGET.get(colourspace, "RGB"), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"JPEG data do not fill the frame its header claims ({str(exc).strip()}; "
+                         "truncated or inconsistent file)") from None
 
 
 def _ceil(a: int, b: int) -> int:

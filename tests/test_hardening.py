@@ -307,8 +307,31 @@ def test_7_jpeg_and_gif_with_raised_sizes(tmp_path, fmt):
     else:
         data = fuzzing.patch_int(data, 8, 2, 60_000)  # the logical screen, not the frame
     path = _write(tmp_path, data, "raised." + fmt.lower())
-    with pytest.raises(ImageError, match="cannot hold|cover"):
+    with pytest.raises(ImageError, match="do not fill|cover"):
         read_image(path)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("height", [65, 72, 96])
+def test_7_jpeg_height_raised_a_little_is_refused(tmp_path, progressive, height):
+    """A few rows more than the scan holds: libjpeg would pad them with flat blocks."""
+    codes = (np.random.default_rng(2).random((64, 48, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(codes).save(buffer, "JPEG", quality=90, progressive=progressive)
+    data = buffer.getvalue()
+    frame = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    path = _write(tmp_path, fuzzing.patch_int(data, frame + 5, 2, height, ">"), "short.jpg")
+    with pytest.raises(ImageError, match="short.jpg: JPEG data do not fill"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_7_complete_jpegs_still_load(tmp_path, mode, progressive):
+    picture = Image.fromarray((np.random.default_rng(3).random((24, 40, 3)) * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / "ok.jpg"
+    picture.save(path, "JPEG", progressive=progressive)
+    assert read_image(path).shape[:2] == (24, 40)
 
 
 def test_2_png_written_in_bands_matches_one_pass(tmp_path, monkeypatch):
