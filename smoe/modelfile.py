@@ -50,8 +50,8 @@ from .sizes import check_tile_offset
 from .spec import MODES, SCOPES, FitSpec
 from .version import __version__
 
-__all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "read_model_arrays", "model_file_bytes",
-           "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "read_model_arrays", "fitted_from_arrays",
+           "model_file_bytes", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "smoe-model"
 #: The newest format version this code reads and the one it writes.
@@ -177,6 +177,14 @@ def read_model_file(path) -> tuple[FittedModel, dict]:
         (format 2) or ``settings`` (format 1); see the module docstring.
     """
     arrays, meta, spec = read_model_arrays(path)
+    return fitted_from_arrays(path, arrays, meta, spec), meta
+
+
+def fitted_from_arrays(path, arrays: dict[str, np.ndarray], meta: dict, spec: FitSpec | None) -> FittedModel:
+    """The :class:`FittedModel` of what :func:`read_model_arrays` returned for ``path`` (loads torch).
+
+    Lets a caller act on the metadata (say, refuse an output size) before torch is loaded.
+    """
     from .model import Model  # here, not at the top: reading a file for `smoe info` must not load torch
 
     try:
@@ -188,7 +196,7 @@ def read_model_file(path) -> tuple[FittedModel, dict]:
                              tuple(meta["tile_offset"]), spec)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
-    return fitted, meta
+    return fitted
 
 
 def read_model_arrays(path) -> tuple[dict[str, np.ndarray], dict, FitSpec | None]:

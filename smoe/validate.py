@@ -53,3 +53,10 @@ def check_finite(name: str, value, *, low: float | None = None, high: float | No
             want = f"a number from {low:g} to {high:g}"
         raise ValueError(f"{name} must be {want}, got {value!r}")
     return float(value)
+
+
+def check_area_power(area_power) -> None:
+    """Raise ValueError unless ``area_power`` is a number in [0, 1]."""
+    if not (is_real(area_power) and 0 <= area_power <= 1):
+        raise ValueError(f"area_power must be a number between 0 (the same kernel count in every segment) and 1 "
+                         f"(kernel counts proportional to segment area), got {area_power!r}")

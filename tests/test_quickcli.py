@@ -63,6 +63,19 @@ def test_info_loads_no_heavy_module(model_file, json_flag):
     assert _run("info", *json_flag, str(model_file)) == (0, [])
 
 
+@pytest.mark.parametrize("args", ["denoise --models 1000 x.png -o y.png",
+                                  "denoise --models 8 --shift-step 4 x.png -o y.png",
+                                  "denoise --area-power 2 x.png -o y.png"])
+def test_denoise_count_and_layout_refused_before_heavy_modules(args):
+    assert _run(*args.split()) == (2, [])
+
+
+def test_render_past_the_output_limit_refused_before_heavy_modules(model_file, tmp_path):
+    out = tmp_path / "huge.png"
+    assert _run("render", str(model_file), "--scale", "2000", "-o", str(out)) == (2, [])
+    assert not out.exists()
+
+
 def _random_model(rng, n: int, dtype, channels: int = 1) -> Model:
     """Kernels from needles to blobs, some dead, some centred outside the frame."""
     mu = rng.uniform(-20, 80, (n, 2))

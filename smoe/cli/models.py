@@ -57,14 +57,17 @@ def _add_render(p) -> None:
 def _run_render(args) -> int:
     import dataclasses
 
-    from ..imageio import write_image
-    from ..modelfile import load_model
+    from ..modelfile import fitted_from_arrays, read_model_arrays
     from ..sizes import output_size
 
-    fitted = load_model(args.model)
+    arrays, meta, spec = read_model_arrays(args.model)
+    # refused here, before any file and before torch loads
+    h, w = output_size((meta["height"], meta["width"]), scale=args.scale, size=args.size)
+    from ..imageio import write_image
+
+    fitted = fitted_from_arrays(args.model, arrays, meta, spec)
     if args.scope:
         fitted = dataclasses.replace(fitted, scope=args.scope)
-    h, w = output_size(fitted.frame, scale=args.scale, size=args.size)  # refused here, before any file
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
         write_image(out, fitted.render(size=(h, w), sharpen=args.sharpen or 1.0))

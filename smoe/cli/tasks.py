@@ -66,14 +66,11 @@ def _run_denoise(args) -> int:
     if args.sigma is not None and args.sigma > 1:
         raise CliError(f"--sigma {args.sigma:g} looks like the 0-255 scale; give it on the 0-1 scale, e.g. "
                        f"--sigma {args.sigma / 255:.3g}")
-    from ..denoising import MAX_MODELS, denoise, kernel_density, shift_offsets
-    from ..executor import ExecutorError, available_cores
-    from ..imageio import read_image, write_image
-    from ..initializers.segment import check_area_power
-    from ..noise import estimate_noise
-    from ..spec import kernel_budget
+    from ..denoising_preset import MAX_MODELS
+    from ..shifts import shift_offsets
+    from ..validate import check_area_power
 
-    offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any work
+    offsets = shift_offsets(args.models, args.shift_step)  # a bad count or step fails before any heavy import
     try:
         check_area_power(args.area_power)
     except ValueError as exc:
@@ -82,6 +79,11 @@ def _run_denoise(args) -> int:
     if args.chroma_models > MAX_MODELS:
         raise CliError(f"--chroma-models {args.chroma_models} is more than the {MAX_MODELS} distinct shifts of the "
                        f"tile grid; give 0 to {MAX_MODELS}")
+    from ..denoising import denoise, kernel_density
+    from ..executor import ExecutorError, available_cores
+    from ..imageio import read_image, write_image
+    from ..noise import estimate_noise
+    from ..spec import kernel_budget
     workers = args.workers or min(available_cores(), len(offsets))
     noisy = read_image(args.noisy)
     h, w = noisy.shape[:2]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..segment import mdbscan
-from ..validate import check_finite, is_real
+from ..validate import check_area_power, check_finite
 from .registry import require_budget, round_kernels
 
 #: Kernel standard deviation in units of the grid spacing ``sqrt(H W / L)``.
@@ -94,13 +94,6 @@ def _check_options(threshold, bandwidth, area_power):
     for name, v in (("threshold", threshold), ("bandwidth", bandwidth)):
         check_finite(f"segment: {name}", v, low=0, low_open=True)
     check_area_power(area_power)
-
-
-def check_area_power(area_power) -> None:
-    """Raise ValueError unless ``area_power`` is a number in [0, 1]."""
-    if not (is_real(area_power) and 0 <= area_power <= 1):
-        raise ValueError(f"area_power must be a number between 0 (the same kernel count in every segment) and 1 "
-                         f"(kernel counts proportional to segment area), got {area_power!r}")
 
 
 def _segment_ids(labels, h: int, w: int) -> np.ndarray:
