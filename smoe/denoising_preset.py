@@ -9,7 +9,7 @@ Gaussian noise of variance sigma^2 on [0, 1] unless said otherwise.
 from __future__ import annotations
 
 from .sizes import TILE
-from .spec import FitSpec
+from .spec import STRATEGIES_OFF, FitSpec
 
 __all__ = ["PRESET", "DEFAULT_MODELS", "DEFAULT_DENSITY", "DEFAULT_THRESHOLD", "DEFAULT_AREA_POWER",
            "DEFAULT_CHROMA_MODELS", "CHROMA_DENSITY", "CHROMA_ITERS", "MAX_MODELS", "STOP_CORR", "STOP_FACTOR"]
@@ -76,6 +76,6 @@ STOP_FACTOR = 0.97
 #: against 28.44 dB in 42.8 s.  Twice the old mu and chol rates with 30x the gate rate did a little
 #: worse (28.45 dB on the benchmark's six); a tighter stop (0.95) gained 0.05 dB for 17 % more time.
 PRESET = FitSpec(n_kernels=None, init="segment", iters=140, lr_mu=0.09, lr_mu_final=1e-3, lr_chol=0.09,
-                 lr_experts=0.018, lr_pi=0.02)
+                 lr_experts=0.018, lr_pi=0.02, **STRATEGIES_OFF)
 #: Every distinct 2D shift of a 16 x 16 tile grid.
 MAX_MODELS = TILE * TILE

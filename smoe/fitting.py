@@ -24,8 +24,10 @@ import torch
 from .fitted import FittedModel
 from .initializers import initialize
 from .model import Model
+from .parameters import KernelLeaves, decay_factor, learning_rates
 from .rasterizer import kernels_per_tile, rasterize
 from .spec import MODEL_INIT, FitSpec
+from .strategy import FitState, strategies_for
 
 
 @dataclass
@@ -39,7 +41,7 @@ class FitResult:
     spec : the resolved :class:`smoe.spec.FitSpec`; ``fit(image, spec=result.spec)`` repeats the fit
     frame : ``(height, width)`` of the fitted image
     iterations : optimizer steps taken
-    stop_reason : "iterations", "target_psnr", "target_corr", "plateau" or "time_budget"
+    stop_reason : "iterations", "target_psnr", "target_corr", "plateau", "converged" or "time_budget"
     extras : {"returned_steps": optimizer steps behind the returned model}; the
         fit returns the iterate with the lowest loss, which is the last one
         unless Adam ended on a spike
@@ -91,40 +93,6 @@ def as_image(image, name: str = "image") -> np.ndarray:
 
 def psnr_from_mse(mse: float) -> float:
     return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
-
-
-class _Parameters:
-    """The leaf tensors Adam updates, and the Model they describe."""
-
-    def __init__(self, model: Model):
-        c = model.chol.detach()
-        self.mu = model.mu.detach().clone().requires_grad_()
-        self.chol = torch.stack([c[:, 0].log(), c[:, 1], c[:, 2].log()], 1).requires_grad_()
-        self.pi = model.pi.detach().clone().requires_grad_()
-        self.experts = model.experts.detach().clone().requires_grad_()
-
-    def leaves(self):
-        return [self.mu, self.chol, self.pi, self.experts]
-
-    def cholesky(self):
-        c = self.chol
-        return torch.stack([c[:, 0].exp(), c[:, 1], c[:, 2].exp()], 1)
-
-    def model(self) -> Model:
-        return Model.unchecked(self.mu.detach(), self.cholesky().detach(), self.pi.detach(),
-                               self.experts.detach())
-
-    def compact(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer):
-        """Drop the kernels not in ``keep`` from the leaves and from Adam's state."""
-        for group in optimizer.param_groups:
-            old = group["params"][0]
-            new = old.detach()[keep].clone().requires_grad_()
-            state = optimizer.state.pop(old, None)
-            if state is not None:
-                optimizer.state[new] = {k: (v[keep] if torch.is_tensor(v) and v.dim() > 0 else v)
-                                        for k, v in state.items()}
-            group["params"][0] = new
-        self.mu, self.chol, self.pi, self.experts = (g["params"][0] for g in optimizer.param_groups)
 
 
 def _rbf_experts(model: Model, image: np.ndarray) -> Model:
@@ -220,7 +188,10 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     mode, scope, tile_offset = spec.mode, spec.scope, spec.tile_offset
     t0 = time.perf_counter()
     if start is None:
-        start = initialize(spec.init, img, None if spec.n_kernels is None else int(spec.n_kernels), seed=spec.seed,
+        count = spec.n_kernels
+        if count is not None and spec.grow_start is not None:
+            count = max(1, round(spec.grow_start * count))
+        start = initialize(spec.init, img, None if count is None else int(count), seed=spec.seed,
                            **spec.init_options)
         if mode == "rbf":
             start = _rbf_experts(start, img)
@@ -229,14 +200,10 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     init_seconds = time.perf_counter() - t0
 
     target = torch.from_numpy(img).to(start.dtype)
-    p = _Parameters(start.to(device=target.device))
-    opt = torch.optim.Adam([
-        {"params": [p.mu], "lr": spec.lr_mu},
-        {"params": [p.chol], "lr": spec.lr_chol},
-        {"params": [p.pi], "lr": spec.lr_pi},
-        {"params": [p.experts], "lr": spec.lr_experts},
-    ])
-    decay = (spec.lr_mu_final / spec.lr_mu) ** (1.0 / spec.iters) if spec.lr_mu > 0 and spec.lr_mu_final > 0 else 1.0
+    leaves = KernelLeaves(start.to(device=target.device))
+    opt = leaves.optimizer(learning_rates(spec))
+    decay = decay_factor(spec.lr_mu, spec.lr_mu_final, spec.iters)
+    strategies = strategies_for(spec, len(start), (h, w))
 
     history: list[dict] = []
     bar = _progress(spec.iters, quiet)
@@ -245,21 +212,16 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     it = 0
     try:
         for it in range(1, spec.iters + 1):
-            out = rasterize(p.mu, p.cholesky(), p.pi, p.experts, h, w, mode=mode, scope=scope,
+            out = rasterize(leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts, h, w, mode=mode, scope=scope,
                             tile_offset=tile_offset, backend=backend)
             mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
-            loss = mse + spec.lam * torch.clamp(p.pi, min=0).sum() if spec.lam > 0 else mse
+            loss = mse + spec.lam * torch.clamp(leaves.pi, min=0).sum() if spec.lam > 0 else mse
             if float(loss.detach()) < best:
-                best, best_model, best_steps = float(loss.detach()), _snapshot(p.model()), it - 1
+                best, best_model, best_steps = float(loss.detach()), _snapshot(leaves.model()), it - 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             opt.param_groups[0]["lr"] *= decay
-
-            if mode == "smoe" and (it % spec.prune_every == 0 or it == spec.iters):
-                keep = p.pi.detach() > 0
-                if not keep.all():
-                    p.compact(keep, opt)
 
             last = it == spec.iters
             elapsed = time.perf_counter() - t_fit
@@ -268,10 +230,13 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
             psnr = psnr_from_mse(float(mse.detach()))
             if spec.target_psnr is not None and psnr >= spec.target_psnr:
                 stop, last = "target_psnr", True
+            state = FitState(leaves, opt, target, out.detach(), it, last, mode)
+            for strategy in strategies:
+                strategy.after_step(state)
             if it % spec.log_every == 0 or last:
-                live = int((p.pi.detach() > 0).sum()) if mode == "smoe" else p.pi.shape[0]
+                live = int((leaves.pi.detach() > 0).sum()) if mode == "smoe" else len(leaves)
                 rec = {"iteration": it, "loss": float(loss.detach()), "psnr": psnr, "kernels": live,
-                       "kernels_per_tile": kernels_per_tile(p.model(), h, w, mode=mode, tile_offset=tile_offset)
+                       "kernels_per_tile": kernels_per_tile(leaves.model(), h, w, mode=mode, tile_offset=tile_offset)
                        if scope == "raster" else float(live), "seconds": elapsed}
                 if spec.target_corr is not None:
                     rec["residual_corr"] = neighbour_correlation(target - out.detach())
@@ -286,6 +251,8 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
                     if prev_best < math.inf and (prev_best - best) <= spec.tol * abs(prev_best):
                         stop, last = "plateau", True
                     prev_best = best
+                if spec.min_gain is not None and not last and converged(history, spec.min_gain):
+                    stop, last = "converged", True
             if bar is not None:
                 bar.update(1)
             if last:
@@ -297,7 +264,7 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
 
     # Adam can end on a spike: return the last parameters unless an earlier
     # iterate had a lower loss.
-    model = p.model()
+    model = leaves.model()
     mse = _mse(model, target, mode, scope, tile_offset, backend)
     if _loss(model, mse, spec.lam) >= best:
         model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, backend)
@@ -309,6 +276,29 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     history[-1]["kernels"] = len(model)
     return FitResult(model, history, spec, (h, w), it, len(start), init_seconds, fit_seconds, stop,
                      extras={"returned_steps": best_steps})
+
+
+#: Seconds of fitting before :func:`converged` may stop a fit: early PSNR estimates are noisy.
+CONVERGENCE_MIN_SECONDS = 2.0
+
+
+def converged(history: list[dict], min_gain: float) -> bool:
+    """True once the best PSNR gained less than ``min_gain`` dB per second over the last quarter of the fit.
+
+    ``history`` is the fit's log so far (``seconds``, ``psnr`` per record).
+    Measuring over a share of the time spent, not a fixed window, makes the
+    rule ask the same question at every scale: would a third more time buy
+    at least ``min_gain`` dB per second?
+    """
+    now = history[-1]["seconds"]
+    if now < CONVERGENCE_MIN_SECONDS or len(history) < 4:
+        return False
+    then = 0.75 * now
+    before = [r["psnr"] for r in history if r["seconds"] <= then]
+    if not before:
+        return False
+    gain = max(r["psnr"] for r in history) - max(before)
+    return gain < min_gain * (now - then)
 
 
 def neighbour_correlation(residual: torch.Tensor) -> float:

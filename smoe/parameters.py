@@ -59,3 +59,59 @@ def decay_factor(lr_start: float, lr_final: float, steps: int) -> float:
     if lr_start > 0 and lr_final > 0:
         return (lr_final / lr_start) ** (1.0 / steps)
     return 1.0
+
+
+class KernelLeaves:
+    """The leaf tensors Adam updates during a fit, one per group of :data:`GROUPS`, and the Model they describe.
+
+    Strategies (:mod:`smoe.strategy`) change the kernel set between steps with
+    :meth:`keep` and :meth:`extend`, which carry Adam's moments along so the
+    optimizer never sees a stale tensor.
+    """
+
+    def __init__(self, model):
+        self.mu = model.mu.detach().clone().requires_grad_()
+        self.chol = to_log_chol(model.chol.detach()).requires_grad_()
+        self.pi = model.pi.detach().clone().requires_grad_()
+        self.experts = model.experts.detach().clone().requires_grad_()
+
+    def __len__(self) -> int:
+        return self.mu.shape[0]
+
+    def leaves(self) -> list[torch.Tensor]:
+        return [self.mu, self.chol, self.pi, self.experts]
+
+    def cholesky(self) -> torch.Tensor:
+        return from_log_chol(self.chol)
+
+    def model(self):
+        from .model import Model
+
+        return Model.unchecked(self.mu.detach(), self.cholesky().detach(), self.pi.detach(), self.experts.detach())
+
+    def optimizer(self, rates: dict[str, float]) -> torch.optim.Adam:
+        """Adam over the four leaves, one group each, at ``rates[group]``."""
+        return torch.optim.Adam([{"params": [leaf], "lr": rates[g]} for g, leaf in zip(GROUPS, self.leaves())],
+                                betas=ADAM_BETAS, eps=ADAM_EPS)
+
+    def keep(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the kernels not in the boolean mask ``keep`` (L,), from the leaves and from Adam's state."""
+        self._replace(optimizer, lambda old: old.detach()[keep], lambda v: v[keep])
+
+    def extend(self, model, optimizer: torch.optim.Optimizer) -> None:
+        """Append the kernels of ``model`` with fresh (zero) Adam moments."""
+        new = [model.mu, to_log_chol(model.chol), model.pi, model.experts]
+        added = {id(g["params"][0]): n.to(g["params"][0]) for g, n in zip(optimizer.param_groups, new)}
+        self._replace(optimizer, lambda old: torch.cat([old.detach(), added[id(old)]]),
+                      lambda v: torch.cat([v, v.new_zeros((len(model),) + v.shape[1:])]))
+
+    def _replace(self, optimizer, leaf, moment) -> None:
+        for group in optimizer.param_groups:
+            old = group["params"][0]
+            new = leaf(old).clone().requires_grad_()
+            state = optimizer.state.pop(old, None)
+            if state is not None:
+                optimizer.state[new] = {k: (moment(v) if torch.is_tensor(v) and v.dim() > 0 else v)
+                                        for k, v in state.items()}
+            group["params"][0] = new
+        self.mu, self.chol, self.pi, self.experts = (g["params"][0] for g in optimizer.param_groups)

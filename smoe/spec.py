@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from .sizes import check_tile_offset
 from .validate import check_choice, check_finite, check_kernel_count, is_real, is_whole
 
-__all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "kernel_budget"]
+__all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "TARGET_START_DENSITY", "TARGET_CAP_DENSITY", "STRATEGIES_OFF",
+           "CLASSIC_RATES", "kernel_budget"]
 
 #: Regression functions (SPEC §1): gated mixture, or a plain sum of Gaussians.
 MODES = ("smoe", "rbf")
@@ -31,6 +32,18 @@ MODES = ("smoe", "rbf")
 SCOPES = ("raster", "global")
 #: Initializer name recorded for a fit that started from a ready :class:`smoe.Model`.
 MODEL_INIT = "model"
+
+#: Kernels per pixel a fit to a target PSNR starts from, and grows to at most, when no count is given
+#: (``smoe fit --target-psnr`` without ``-n``): 983 and 49 152 kernels on a 768 x 512 image.
+TARGET_START_DENSITY = 1 / 400
+TARGET_CAP_DENSITY = 1 / 8
+
+#: No extent bound, no growth, no convergence stop: what every fit did before the strategies, and what a
+#: record written then means.  The presets tuned in that time (denoising, super-resolution) keep it.
+STRATEGIES_OFF = {"max_reach": None, "grow_start": None, "min_gain": None}
+#: The learning rates of that time (the default ones are about twice as fast, which the bound on kernel
+#: extent makes stable).
+CLASSIC_RATES = {"lr_mu": 0.01, "lr_mu_final": 1e-3, "lr_experts": 0.003}
 
 _LEARNING_RATES = ("lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts")
 
@@ -52,17 +65,31 @@ class FitSpec:
     init_options : dict
         Extra keyword arguments of the initializer.
     seed : int
-        Seeds the initializer; the fit itself is deterministic on CPU.
+        Seeds the initializer and where grown kernels go; on CPU the fit is
+        deterministic unless a stop rule in seconds (``min_gain``,
+        ``time_budget``) ends it.
     tile_offset : (int, int)
         ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
     iters, lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts, lam, prune_every
         Most gradient steps; Adam learning rates (``lr_mu`` decays
         geometrically to ``lr_mu_final``); L1 weight on the gates; steps
         between removals of dead kernels.
-    target_psnr, target_corr, tol, time_budget
-        Stop rules, None for off: a PSNR in dB; a neighbour correlation of the
-        residual (:func:`smoe.fitting.neighbour_correlation`); a relative loss
-        decrease between log points; seconds of fitting.
+    max_reach : float or None
+        Longest major semi-axis of a kernel's 99 % ellipse, in kernel spacings
+        ``sqrt(H W / n_kernels)`` (:class:`smoe.strategy.BoundExtent`; 5
+        spacings are 32 px for 10 000 kernels on a Kodak image); None leaves
+        kernels free.
+    grow_start, grow_every
+        Start with the share ``grow_start`` (in (0, 1]) of ``n_kernels`` and add
+        kernels where the residual is largest every ``grow_every`` steps (at
+        most ``iters / 16``) until there are ``n_kernels``
+        (:class:`smoe.strategy.GrowByError`); None or 1 starts with all of them.
+    target_psnr, target_corr, tol, min_gain, time_budget
+        Stop rules, None for off: a PSNR in dB; a neighbour
+        correlation of the residual (:func:`smoe.fitting.neighbour_correlation`);
+        a relative loss decrease between log points; convergence, a PSNR gain
+        in dB per second of fitting, measured over the last quarter of the
+        time spent, below which the fit stops; seconds of fitting.
     log_every : int
         Steps between history records (and checks of ``target_corr``, ``tol``).
 
@@ -78,21 +105,25 @@ class FitSpec:
     n_kernels: int | None = 2000
     mode: str = "smoe"
     scope: str = "raster"
-    init: str = "random"
+    init: str = "content"
     init_options: dict = field(default_factory=dict)
     seed: int = 0
     tile_offset: tuple[int, int] = (0, 0)
-    iters: int = 1000
-    lr_mu: float = 0.01
-    lr_mu_final: float = 1e-3
+    iters: int = 2500
+    lr_mu: float = 0.02
+    lr_mu_final: float = 2e-3
     lr_chol: float = 0.03
     lr_pi: float = 0.001
-    lr_experts: float = 0.003
+    lr_experts: float = 0.01
     lam: float = 0.0
     prune_every: int = 100
+    max_reach: float | None = 5.0
+    grow_start: float | None = 0.25
+    grow_every: int = 50
     target_psnr: float | None = None
     target_corr: float | None = None
     tol: float | None = None
+    min_gain: float | None = 0.01
     time_budget: float | None = None
     log_every: int = 10
 
@@ -137,8 +168,15 @@ class FitSpec:
             raise ValueError("L1 sparsity (lam > 0) needs the SMoE gates; use mode 'smoe' or lam 0")
         _check_count("prune_every", self.prune_every, 1)
         _check_count("log_every", self.log_every, 1)
+        if self.max_reach is not None:
+            check_finite("max_reach (kernel spacings)", self.max_reach, low=0, low_open=True)
+        _check_count("grow_every", self.grow_every, 1)
+        if self.grow_start is not None:
+            check_finite("grow_start (a share of n_kernels)", self.grow_start, low=0, high=1, low_open=True)
         if self.target_psnr is not None:
-            check_finite("target_psnr", self.target_psnr)
+            check_finite("target_psnr (dB)", self.target_psnr)
+        if self.min_gain is not None:
+            check_finite("min_gain (dB per second)", self.min_gain, low=0, low_open=True)
         if self.target_corr is not None:
             check_finite("target_corr (a correlation)", self.target_corr, low=-1, high=1)
         if self.tol is not None:
@@ -173,6 +211,10 @@ class FitSpec:
     def from_dict(cls, data: dict) -> FitSpec:
         """The spec a :meth:`to_dict` record describes; missing fields take their defaults.
 
+        A record from before the strategy fields has none of ``max_reach``,
+        ``grow_start`` and ``min_gain``; they read as None (off), which is what
+        that fit did.
+
         Raises
         ------
         ValueError
@@ -181,7 +223,7 @@ class FitSpec:
         if not isinstance(data, dict):
             raise ValueError(f"a fit spec must be a JSON object, got {type(data).__name__}")
         _check_keys(data)
-        values = dict(data)
+        values = {**STRATEGIES_OFF, **data}
         if isinstance(values.get("tile_offset"), list):
             values["tile_offset"] = tuple(values["tile_offset"])
         if values.get("init_options") is None:

@@ -7,7 +7,7 @@ and re-exports both names.
 
 from __future__ import annotations
 
-from .spec import FitSpec
+from .spec import CLASSIC_RATES, STRATEGIES_OFF, FitSpec
 
 __all__ = ["PRESET", "DEFAULT_DENSITY"]
 
@@ -21,4 +21,4 @@ DEFAULT_DENSITY = 1.0
 #: Steps: at one kernel per pixel 30 already gave 28.99 dB, 100 gave 29.01.  Initializer: the
 #: regular grid puts one kernel on every pixel at density 1 and keeps kernels small (half the
 #: spacing), so each tile lists few kernels; 5 px random kernels made each step about 10x slower.
-PRESET = FitSpec(n_kernels=None, init="grid", iters=100, scope="raster")
+PRESET = FitSpec(n_kernels=None, init="grid", iters=100, scope="raster", **STRATEGIES_OFF, **CLASSIC_RATES)

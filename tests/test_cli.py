@@ -18,6 +18,7 @@ from smoe.cli import main
 from smoe.imageio import ImageError, read_image, write_image
 from smoe.modelfile import ModelFileError, load_model, read_model_file
 from smoe.outputs import FIT_OUTPUTS
+from smoe.spec import FitSpec
 
 H, W = 48, 64
 FAST = ["-n", "30", "--iters", "20", "--quiet"]
@@ -71,7 +72,7 @@ def test_fit_writes_every_output(fitted):
     assert report["image"]["width"] == W and report["image"]["height"] == H
     assert report["ms_ssim"] is None  # the image is too small for five scales
     assert report["psnr"] > 5 and 0 < report["ssim"] <= 1 and report["lpips"] >= 0
-    assert report["kernels_initial"] == 30 and report["iterations"] == 20
+    assert report["kernels_initial"] == round(30 * FitSpec().grow_start) and report["iterations"] == 20
     assert set(report["versions"]) == {"smoe", "torch", "numba", "numpy", "python"}
     model, meta = read_model_file(out / "model.smoe.npz")
     assert len(model.model) == report["kernels_final"]
@@ -151,11 +152,32 @@ def test_fit_prints_a_summary(image, tmp_path, capsys):
 
 def test_fit_default_outdir_and_stop_rule(image, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", str(image), *FAST, "--target-psnr", "1"]) == 0
+    assert main(["fit", str(image), *FAST, "--target-psnr", "10"]) == 0
     report = json.loads((tmp_path / "smoe-out" / "tiny" / "metrics.json").read_text())
     assert report["stop_reason"] == "target_psnr"
     assert main(["fit", str(image), *FAST, "--target-corr", "1", "--quiet", "-o", "corr"]) == 0
     assert json.loads((tmp_path / "corr" / "metrics.json").read_text())["stop_reason"] == "target_corr"
+
+
+def test_fit_to_a_target_without_n_grows_the_model(image, tmp_path):
+    out = tmp_path / "grown"
+    assert main(["fit", str(image), "--target-psnr", "24", "--iters", "600", "--quiet", "-o", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["stop_reason"] == "target_psnr" and 24 <= report["psnr"] < 24.3
+    assert report["kernels_initial"] == round(H * W / 400)
+    assert report["kernels_final"] > report["kernels_initial"]
+    assert round(report["spec"]["grow_start"] * report["spec"]["n_kernels"]) == report["kernels_initial"]
+
+
+def test_unreached_target_keeps_the_best_model_and_says_so(image, tmp_path, capsys):
+    out = tmp_path / "capped"
+    assert main(["fit", str(image), "-n", "20", "--target-psnr", "59", "--iters", "60", "--quiet",
+                 "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "target 59 dB not reached" in err
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["stop_reason"] == "iterations" and report["kernels_final"] <= 20
+    assert (out / "model.smoe.npz").exists()
 
 
 # ================================================================ bad input
@@ -195,6 +217,8 @@ def test_fit_rejects_bad_images(kind, tmp_path, capsys):
     ["-n", "0"], ["-n", "-5"], ["-n", "abc"], ["-n", str(H * W + 1)], ["--mode", "nope"], ["--init", "nope"],
     ["--scope", "tiles"], ["--iters", "0"], ["--time-budget", "0"], ["--lam", "-1"], ["--lam", "nan"],
     ["--mode", "rbf", "--lam", "1e-4"], ["--bogus-option"], ["--target-corr", "1.5"], ["--target-corr", "nan"],
+    ["--target-psnr", "61"], ["--target-psnr", "9.5"], ["--time-budget", "-1"], ["--min-gain", "-0.1"],
+    ["--max-reach", "nan"],
 ])
 def test_fit_rejects_bad_options(options, image, tmp_path, capsys):
     out = tmp_path / "out"

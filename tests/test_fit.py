@@ -41,7 +41,7 @@ def test_grey_and_odd_sizes(shape):
 def test_l1_sparsity_prunes_kernels():
     img = blobs_image()
     dense = fit(img, 150, iters=300, lam=0.0)
-    sparse = fit(img, 150, iters=300, lam=1e-4, lr_pi=0.01, prune_every=50)
+    sparse = fit(img, 150, iters=300, lam=1e-4, lr_pi=0.01, prune_every=50, grow_start=None)
     assert len(dense.model) == 150
     assert len(sparse.model) < 150
     assert (sparse.model.pi > 0).all()
@@ -119,7 +119,7 @@ def test_initializers():
     # Experts are the image values under the centres.
     c = rnd.mu.numpy().astype(int)
     assert np.allclose(rnd.experts.numpy(), img[c[:, 1], c[:, 0]])
-    res = fit(img, 48, init="grid", iters=5)
+    res = fit(img, 48, init="grid", iters=5, grow_start=None)
     assert res.init_kernels == len(grid)
 
 
@@ -163,6 +163,7 @@ def test_bad_images(image, message):
 def test_rbf_start_is_normalised_by_kernel_density():
     # Dense, heavily overlapping kernels: raw experts would sum to several times the image.
     img = np.full((32, 32, 3), 0.5, np.float32)
-    res = fit(img, 200, mode="rbf", iters=1, log_every=1, lr_mu=0, lr_chol=0, lr_experts=0)
+    res = fit(img, 200, mode="rbf", init="random", iters=1, log_every=1, lr_mu=0, lr_chol=0, lr_experts=0,
+              grow_start=None)
     first = res.history[0]["psnr"]
     assert first > 20  # about right from the start, not 4x too bright

@@ -117,7 +117,7 @@ def test_tiny_image(name, channels):
 
 @pytest.mark.parametrize("name", NEW)
 def test_fit_end_to_end(kodak_crop, name):
-    res = fit(kodak_crop, 200, init=name, iters=20)
+    res = fit(kodak_crop, 200, init=name, iters=20, grow_start=None)
     assert res.init_kernels == 200
     assert res.final_psnr > res.history[0]["psnr"] - 0.1 and np.isfinite(res.final_psnr)
 

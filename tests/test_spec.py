@@ -19,7 +19,7 @@ def test_defaults_validate_and_round_trip_through_json():
 
 def test_replace_changes_fields_and_refuses_unknown_ones():
     spec = FitSpec().replace(iters=5, mode="rbf")
-    assert (spec.iters, spec.mode) == (5, "rbf") and FitSpec().iters == 1000
+    assert (spec.iters, spec.mode) == (5, "rbf") and FitSpec().iters == 2500
     with pytest.raises(ValueError, match="unknown fit setting"):
         FitSpec().replace(iterations=5)
 

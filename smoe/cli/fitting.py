@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from ..outputnames import FIT_OUTPUTS
 from .guards import _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
-from .options import (EXIT_OK, CliError, _correlation, _float, _kernel_count, _key_value, _non_negative_float,
-                      _positive_float, _positive_int)
+from .options import (EXIT_OK, CliError, _correlation, _kernel_count, _key_value, _non_negative_float,
+                      _positive_float, _positive_int, _target_psnr)
 
 
 # ================================================================== fit
@@ -30,13 +32,15 @@ def _add_fit(p) -> None:
 def _add_fit_options(p) -> None:
     """The model and optimizer options of ``fit``, shared with ``fit-batch``."""
     from ..initializers import available as available_initializers
-    from ..spec import MODES, SCOPES, FitSpec
+    from ..spec import MODES, SCOPES, TARGET_CAP_DENSITY, TARGET_START_DENSITY, FitSpec
 
     defaults = FitSpec()
-    p.add_argument("-n", "--kernels", dest="n_kernels", type=_kernel_count, default=defaults.n_kernels,
+    p.add_argument("-n", "--kernels", dest="n_kernels", type=_kernel_count, default=argparse.SUPPRESS,
                    metavar="N",
-                   help="initial number of kernels, at most the pixel count; 'auto' lets initializers that "
-                        "choose their own count (adaptive) do so (default: %(default)s)")
+                   help="number of kernels, at most the pixel count; with --target-psnr the most kernels the model "
+                        "may grow to; 'auto' lets initializers that choose their own count (adaptive) do so "
+                        f"(default: {defaults.n_kernels}; with --target-psnr, grown from 1 per "
+                        f"{round(1 / TARGET_START_DENSITY)} pixels to at most 1 per {round(1 / TARGET_CAP_DENSITY)})")
     p.add_argument("--mode", choices=MODES, default=defaults.mode,
                    help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
                         "(default: %(default)s)")
@@ -45,8 +49,19 @@ def _add_fit_options(p) -> None:
                         "kernel acts on every pixel (cost grows with kernels x pixels) (default: %(default)s)")
     p.add_argument("--iters", type=_positive_int, default=defaults.iters, metavar="N",
                    help="maximum number of gradient steps (default: %(default)s)")
-    p.add_argument("--target-psnr", type=_float, default=None, metavar="DB",
-                   help="stop as soon as the PSNR reaches DB decibels (default: no target)")
+    p.add_argument("--target-psnr", type=_target_psnr, default=None, metavar="DB",
+                   help="grow the model from a few kernels where the error is largest and stop as soon as the PSNR "
+                        "reaches DB decibels, 10 to 60 (default: no target)")
+    p.add_argument("--min-gain", type=_non_negative_float, default=defaults.min_gain, metavar="DB_PER_S",
+                   help="stop once the PSNR gained less than this many dB per second over the last quarter of the "
+                        "fit; 0 turns the rule off (default: %(default)s)")
+    p.add_argument("--grow-start", type=_non_negative_float, default=defaults.grow_start, metavar="SHARE",
+                   help="start with this share of the kernels and add the rest where the error is largest; 1 or 0 "
+                        "starts with all of them (default: %(default)s)")
+    p.add_argument("--max-reach", type=_non_negative_float, default=defaults.max_reach, metavar="SPACINGS",
+                   help="longest kernel reach (major semi-axis of the 99 %% ellipse) in kernel spacings "
+                        "sqrt(pixels / kernels), which keeps tile lists short; 0 leaves kernels free "
+                        "(default: %(default)s)")
     p.add_argument("--target-corr", type=_correlation, default=None, metavar="C",
                    help="stop once the residual's correlation with itself shifted by one pixel falls to C; a "
                         "little below 0 (e.g. -0.04) stops a fit to a noisy image once it starts copying the noise "
@@ -77,6 +92,7 @@ def _run_fit(args) -> int:
     outdir = Path(args.output) if args.output else Path("smoe-out") / image_path.stem
     image = read_image(image_path)
     h, w = image.shape[:2]
+    spec = _growth_for(spec, args, h, w)
     _validate_for(spec, image.shape, image_path)
     from ..atomic import write_output_folder
     from ..fitting import fit  # torch and numba load once the arguments and the image are known to be good
@@ -92,6 +108,9 @@ def _run_fit(args) -> int:
         files, report = fit_outputs(result.fitted, image, result.history, image_path=image_path,
                                     run=result.run_facts())
         write_output_folder(outdir, files)
+    if spec.target_psnr is not None and result.stop_reason != "target_psnr":
+        print(f"smoe: target {spec.target_psnr:g} dB not reached: best {report['psnr']:.2f} dB with "
+              f"{report['kernels_final']} kernels (stop: {result.stop_reason}); wrote that model", file=sys.stderr)
     if not args.quiet:
         _print_fit_summary(report, outdir)
     return EXIT_OK
@@ -101,10 +120,23 @@ def _fit_spec(args):
     """The fit spec the options give, validated before any file is touched."""
     from ..spec import FitSpec
 
-    return FitSpec(n_kernels=args.n_kernels, mode=args.mode, scope=args.scope, init=args.init,
+    n_kernels = getattr(args, "n_kernels", FitSpec.n_kernels)
+    return FitSpec(n_kernels=n_kernels, mode=args.mode, scope=args.scope, init=args.init,
                    init_options=dict(args.init_options or ()), seed=args.seed, iters=args.iters, lam=args.lam,
                    target_psnr=args.target_psnr, target_corr=args.target_corr, time_budget=args.time_budget,
-                   tol=args.tol).validate()
+                   tol=args.tol, min_gain=args.min_gain or None, max_reach=args.max_reach or None,
+                   grow_start=args.grow_start or None).validate()
+
+
+def _growth_for(spec, args, height: int, width: int):
+    """With --target-psnr the model grows: from a few kernels up to -n, or to a cap set by the image size."""
+    from ..spec import TARGET_CAP_DENSITY, TARGET_START_DENSITY, kernel_budget
+
+    if spec.target_psnr is None or spec.n_kernels is None and hasattr(args, "n_kernels"):
+        return spec
+    cap = args.n_kernels if hasattr(args, "n_kernels") else kernel_budget(height, width, TARGET_CAP_DENSITY)
+    start = min(cap, kernel_budget(height, width, TARGET_START_DENSITY))
+    return spec.replace(n_kernels=cap, grow_start=start / cap)
 
 
 def _validate_for(spec, shape, path) -> None:

@@ -70,6 +70,8 @@ def _float(text: str) -> float:
 
 _positive_float = _checked(_float, lambda v: v > 0, "must be greater than 0, got {text}")
 _non_negative_float = _checked(_float, lambda v: v >= 0, "must be 0 or more, got {text}")
+#: A PSNR target a user may ask for: below 10 dB is no picture, above 60 dB more than 8-bit images hold.
+_target_psnr = _checked(_float, lambda v: 10 <= v <= 60, "must be a PSNR from 10 to 60 dB, got {text}")
 _correlation = _checked(_float, lambda v: -1 <= v <= 1, "must be a correlation between -1 and 1, got {text}")
 
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")

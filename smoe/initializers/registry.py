@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 #: Built-in initializer name -> ``"module:function"``, imported on first use.
 BUILTINS = {
     "adaptive": "smoe.initializers.adaptive:adaptive_init",
+    "content": "smoe.initializers.content:content_init",
     "grid": "smoe.initializers.grid:grid_init",
     "kmeans": "smoe.initializers.kmeans:kmeans_init",
     "random": "smoe.initializers.random:random_init",

@@ -1,0 +1,38 @@
+"""The hook interface between :func:`smoe.fit` and the strategies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..parameters import KernelLeaves
+
+
+@dataclass
+class FitState:
+    """What a strategy sees after a gradient step.
+
+    leaves : the kernels being fitted (:class:`smoe.parameters.KernelLeaves`)
+    optimizer : the Adam optimizer over ``leaves``
+    target : (H, W, C) image being fitted
+    render : (H, W, C) the model's render before this step, detached
+    iteration : steps taken so far (1 after the first)
+    last : True on the fit's last step
+    mode : "smoe" or "rbf"
+    """
+
+    leaves: KernelLeaves
+    optimizer: torch.optim.Optimizer
+    target: torch.Tensor
+    render: torch.Tensor
+    iteration: int
+    last: bool
+    mode: str
+
+
+class Strategy:
+    """Changes the model between gradient steps; subclasses override :meth:`after_step`."""
+
+    def after_step(self, state: FitState) -> None:
+        """Called after every optimizer step, in the order the strategies were given."""

@@ -1,0 +1,57 @@
+"""Keeping kernels local: a bound on the reach of every kernel.
+
+A kernel is listed for every tile its 99 % box touches (:mod:`smoe.tiles`), so
+the cost of a step grows with the kernels' extent.  Left alone, SMoE kernels
+widen during a fit (the gates, not the kernels, draw the edges), and the
+kernels per 16 x 16 tile of a 10 000-kernel Kodak fit grow from about 80 to
+over 200.  :class:`BoundExtent` projects each kernel back after every step:
+only the axes longer than ``max_radius`` are shortened to it, and the
+orientation is kept, so an elongated edge kernel stays one.  (Scaling the
+whole kernel instead shrinks the minor axis at every step the optimizer tries
+to widen it, and the fit degrades.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import CHI2_99, precision_from_chol
+from ..parameters import to_log_chol
+from .base import FitState, Strategy
+
+
+def bound_precision(chol: torch.Tensor, max_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors (L, 3) whose 99 % ellipse has a major semi-axis of at most ``max_radius`` px.
+
+    Returns ``(index, new_chol)``: the rows that changed and their new factors.
+    Each eigenvalue of the precision below ``chi2_99 / max_radius^2`` is raised
+    to it, the eigenvectors kept: an axis within the bound is untouched.
+    """
+    # float64: recovering b00 from p00 - b10^2 cancels badly in float32 for elongated kernels
+    P = precision_from_chol(chol.double())
+    lam, vec = torch.linalg.eigh(P)
+    floor = CHI2_99 / max_radius ** 2
+    index = torch.nonzero(lam[:, 0] < floor).squeeze(1)
+    if index.numel() == 0:
+        return index, chol[:0]
+    lam, vec = lam[index].clamp(min=floor), vec[index]
+    P = vec @ torch.diag_embed(lam) @ vec.transpose(1, 2)
+    # P = B^T B with B = [[b00, 0], [b10, b11]]: p11 = b11^2, p01 = b10 b11, p00 = b00^2 + b10^2.
+    b11 = P[:, 1, 1].sqrt()
+    b10 = P[:, 0, 1] / b11
+    b00 = (P[:, 0, 0] - b10 * b10).clamp(min=torch.finfo(P.dtype).tiny).sqrt()
+    return index, torch.stack([b00, b10, b11], 1).to(chol.dtype)
+
+
+class BoundExtent(Strategy):
+    """After every step, shorten the major axis of each kernel reaching beyond ``max_radius`` px."""
+
+    def __init__(self, max_radius: float):
+        self.max_radius = float(max_radius)
+
+    def after_step(self, state: FitState) -> None:
+        leaves = state.leaves
+        with torch.no_grad():
+            index, chol = bound_precision(leaves.cholesky(), self.max_radius)
+            if index.numel():
+                leaves.chol[index] = to_log_chol(chol)
