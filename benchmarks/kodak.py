@@ -63,9 +63,8 @@ def seconds_to_reach(history, psnr, offset=0.0):
 
 
 def psnr_after(history, seconds, offset=0.0):
-    """Best PSNR recorded within ``seconds`` (initialization ``offset`` included); None past the fit's end."""
-    if offset + history[-1]["seconds"] < seconds:
-        return None
+    """Best PSNR recorded within ``seconds`` (initialization ``offset`` included): a fit that ended sooner has its
+    result by then.  None before the first record."""
     return max((r["psnr"] for r in history if offset + r["seconds"] <= seconds), default=None)
 
 
@@ -168,8 +167,8 @@ def time_to_quality(args):
     if curves:
         plot_curves(curves, args.out + ".png")
     parts = [header(f"Kodak, time to quality, at most {pool} kernels", vars(args)),
-             "Seconds include initialization; 'dB at N s' is the best PSNR recorded by then ('-': the fit had "
-             "stopped before).", "", "### Means", "", markdown_table(means), ""]
+             "Seconds include initialization; 'dB at N s' is the best PSNR recorded by then (a fit that stopped "
+             "sooner counts with its result); '-': not reached.", "", "### Means", "", markdown_table(means), ""]
     if speedups:
         mean_factor = statistics.mean(float(r["speed-up"]) for r in speedups)
         parts += ["### Speed-up at equal PSNR", "",
@@ -188,6 +187,10 @@ def _mean_row(label, subset, sub):
         if key in mean or key == "stop":
             continue
         values = [float(r[key]) for r in sub if r[key] != "-"]
+        if not values:
+            mean[key] = "-"
+            continue
+        # a figure some fits never reached is the mean of those that did, their count beside it
         mean[key] = f"{statistics.mean(values):.4g}" + ("" if len(values) == len(sub) else f" ({len(values)})")
     return mean
 
