@@ -285,7 +285,7 @@ CONVERGENCE_MIN_SECONDS = 2.0
 def converged(history: list[dict], min_gain: float) -> bool:
     """True once the best PSNR gained less than ``min_gain`` dB per second over the last quarter of the fit.
 
-    ``history`` is the fit's log so far (``seconds``, ``psnr`` per record).
+    ``history`` is the fit's log so far (``seconds``, ``psnr``, ``kernels`` per record).
     Measuring over a share of the time spent, not a fixed window, makes the
     rule ask the same question at every scale: would a third more time buy
     at least ``min_gain`` dB per second?
@@ -295,8 +295,9 @@ def converged(history: list[dict], min_gain: float) -> bool:
         return False
     then = 0.75 * now
     before = [r["psnr"] for r in history if r["seconds"] <= then]
-    if not before:
-        return False
+    recent = [r["kernels"] for r in history if r["seconds"] > then]
+    if not before or any(b > a for a, b in zip(recent, recent[1:])):
+        return False  # a model still growing dips after each addition: no verdict until it has stopped
     gain = max(r["psnr"] for r in history) - max(before)
     return gain < min_gain * (now - then)
 

@@ -140,8 +140,9 @@ def test_fit_with_a_bound_keeps_kernels_within_it():
     assert float(bounding_radius(result.model.chol).max()) <= math.sqrt(48 * 48 / 20) * (1 + 1e-3)
 
 
-def _history(psnrs, step=1.0):
-    return [{"seconds": step * (i + 1), "psnr": p} for i, p in enumerate(psnrs)]
+def _history(psnrs, step=1.0, kernels=None):
+    kernels = kernels or [10] * len(psnrs)
+    return [{"seconds": step * (i + 1), "psnr": p, "kernels": k} for i, (p, k) in enumerate(zip(psnrs, kernels))]
 
 
 def test_convergence_rule():
@@ -150,6 +151,8 @@ def test_convergence_rule():
     assert not converged(_history([20, 20, 20, 20], step=0.1), 0.01)  # too early to judge
     # a spike down in the last quarter does not stop a fit whose best PSNR still rises
     assert not converged(_history([20, 21, 22, 23, 24, 25, 26, 10, 27]), 0.01)
+    # nor does a flat stretch while the model is still growing
+    assert not converged(_history([20, 21, 21, 21, 21, 21, 21, 21], kernels=[5, 6, 7, 8, 9, 10, 11, 12]), 0.01)
 
 
 def test_fit_stops_on_convergence():

@@ -8,8 +8,8 @@ small kernels and flat areas with few wide ones, instead of the same 5 px
 everywhere (:mod:`.random`).
 
 Measured against the random start, 10 000 kernels, 60 s of fitting on two
-cores: kodim01 28.87 dB against 27.92, kodim03 38.65 against 35.77
-(``benchmarks/kodak.py``, time-to-quality table, has the full comparison).
+cores: kodim01 28.87 dB against 27.92, kodim03 38.65 against 35.77 (docs/design.md,
+"Allocation that follows the image", has the other candidates).
 """
 
 from __future__ import annotations
