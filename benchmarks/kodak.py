@@ -22,11 +22,16 @@ and 60 s, the speed-up at equal PSNR, and a plot of PSNR against seconds.
 
     python benchmarks/kodak.py --time-to-quality --pools 10000 --time-budget 55 --iters 2500 \
         --images all --baseline-images 01 02 03 04 05 23 --out benchmarks/results/kodak_speed_pool10000
+
+**Kernels for a target** (``--target-psnr P``): ``smoe fit --target-psnr P``
+without ``-n`` (a model grown until it reaches P) on ``--images``, against the
+smallest fixed count whose default fit reaches P, found by bisection.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -37,7 +42,7 @@ import smoe
 from smoe.fitting import fit
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
-from smoe.spec import CLASSIC_RATES, STRATEGIES_OFF
+from smoe.spec import CLASSIC_RATES, STRATEGIES_OFF, FitSpec
 
 from _common import RESULTS, header, kodak_images, markdown_table, timed, write_results
 
@@ -195,6 +200,50 @@ def _mean_row(label, subset, sub):
     return mean
 
 
+def reaches(image, n_kernels, target, args):
+    """The default fit of ``n_kernels``, stopped at ``target`` dB: did it get there?"""
+    res = fit(image, n_kernels, seed=args.seed, target_psnr=target, time_budget=args.target_seconds)
+    return res.stop_reason == "target_psnr", res
+
+
+def kernels_for_target(args):
+    """``--target-psnr`` without ``-n`` (a grown model) against the smallest fixed count reaching the target.
+
+    The fixed count is bisected on a log scale between a quarter of the grown count and the grown count
+    (``--bisect-steps`` halvings), each probe a default fit stopped at the target.
+    """
+    target, rows = args.target_psnr, []
+    for path in kodak_images(args.images):
+        image = read_image(path, mode="rgb")
+        spec = FitSpec(target_psnr=target, time_budget=args.target_seconds, seed=args.seed).growing(image.shape[:2])
+        grown = fit(image, spec=spec)
+        row = {"image": path.stem, "grown kernels": len(grown.model), "grown PSNR": f"{grown.final_psnr:.2f}",
+               "grown s": f"{grown.init_seconds + grown.fit_seconds:.1f}", "grown stop": grown.stop_reason}
+        if grown.stop_reason == "target_psnr":
+            lo, hi = max(1, len(grown.model) // 4), len(grown.model)
+            ok, _ = reaches(image, hi, target, args)
+            while not ok and hi < spec.n_kernels:  # the fixed count may need more than the grown one
+                lo, hi = hi, min(spec.n_kernels, 2 * hi)
+                ok, _ = reaches(image, hi, target, args)
+            for _ in range(args.bisect_steps if ok else 0):
+                mid = round(math.sqrt(lo * hi))
+                if mid in (lo, hi):
+                    break
+                if reaches(image, mid, target, args)[0]:
+                    hi = mid
+                else:
+                    lo = mid
+            row.update({"smallest fixed count": hi, "ratio": f"{len(grown.model) / hi:.2f}", "bracket": f"{lo}-{hi}"}
+                       if ok else {"smallest fixed count": f"none up to {hi}", "ratio": "-", "bracket": "-"})
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    text = "\n".join([header(f"Kodak, --target-psnr {target:g} without -n against bisected fixed counts", vars(args)),
+                      "'ratio': grown kernels over the smallest fixed count found to reach the target; the bracket "
+                      "is the last interval (lower end failed, upper end reached).", "", markdown_table(rows), ""])
+    print(text)
+    write_results(args.out, text, rows)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", nargs="+", default=["01", "02", "03", "04", "05", "23"],
@@ -205,6 +254,10 @@ def main(argv=None):
     ap.add_argument("--baseline-images", nargs="*", default=["01", "02", "03", "04", "05", "23"],
                     help="images the paper's method also fits (time to quality)")
     ap.add_argument("--plot-images", nargs="*", default=["01", "23"])
+    ap.add_argument("--target-psnr", type=float, default=None,
+                    help="instead: kernels a grown fit needs for this PSNR against the smallest fixed count")
+    ap.add_argument("--target-seconds", type=float, default=180.0, help="time budget of each target fit")
+    ap.add_argument("--bisect-steps", type=int, default=4)
     ap.add_argument("--pools", type=int, nargs="+", default=[2000, 10000])
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--methods", nargs="+", default=["R-SMoE", "GaussianImage (raster RBF)"],
@@ -218,6 +271,8 @@ def main(argv=None):
         args.images = None
     if args.time_to_quality:
         return time_to_quality(args)
+    if args.target_psnr is not None:
+        return kernels_for_target(args)
 
     rows, reach = [], {}
     for pool in args.pools:

@@ -156,10 +156,12 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     **fields
         Other :class:`~smoe.spec.FitSpec` fields: ``mode``, ``scope``,
         ``init_options``, ``seed``, ``tile_offset``, ``iters``, learning rates,
-        ``lam``, ``prune_every``, the stop rules ``target_psnr``,
-        ``target_corr`` (stop once :func:`neighbour_correlation` of the
-        residual is at most this, checked at log points and recorded there as
-        ``residual_corr``), ``tol``, ``time_budget``, and ``log_every``.
+        ``lam``, ``prune_every``, the strategies' ``max_reach``,
+        ``grow_start`` and ``grow_every`` (:mod:`smoe.strategy`), the stop
+        rules ``target_psnr``, ``target_corr`` (stop once
+        :func:`neighbour_correlation` of the residual is at most this, checked
+        at log points and recorded there as ``residual_corr``), ``tol``,
+        ``min_gain`` (:func:`converged`), ``time_budget``, and ``log_every``.
 
     Returns
     -------

@@ -194,6 +194,26 @@ class FitSpec:
         if self.n_kernels is not None:
             check_kernel_count(self.n_kernels, int(shape[0]) * int(shape[1]))
 
+    def growing(self, frame: tuple[int, int], cap: int | None = None) -> FitSpec:
+        """A copy that starts small and grows to ``cap`` kernels where the error is: a fit to a target PSNR.
+
+        It starts from :data:`TARGET_START_DENSITY` kernels per pixel of the
+        ``(height, width)`` frame and may grow to ``cap`` (default
+        :data:`TARGET_CAP_DENSITY` per pixel); with ``target_psnr`` set, the
+        fit stops at the count that reaches it.  ``smoe fit --target-psnr``
+        runs this spec.
+
+        Examples
+        --------
+        >>> spec = FitSpec(target_psnr=35).growing((512, 768))
+        >>> spec.n_kernels, round(spec.grow_start * spec.n_kernels)
+        (49152, 983)
+        """
+        height, width = (int(v) for v in frame[:2])
+        cap = kernel_budget(height, width, TARGET_CAP_DENSITY) if cap is None else cap
+        start = min(cap, kernel_budget(height, width, TARGET_START_DENSITY))
+        return self.replace(n_kernels=cap, grow_start=start / cap)
+
     def replace(self, **changes) -> FitSpec:
         """A copy with some fields changed (unknown names raise ``ValueError``), not validated."""
         _check_keys(changes)

@@ -130,13 +130,9 @@ def _fit_spec(args):
 
 def _growth_for(spec, args, height: int, width: int):
     """With --target-psnr the model grows: from a few kernels up to -n, or to a cap set by the image size."""
-    from ..spec import TARGET_CAP_DENSITY, TARGET_START_DENSITY, kernel_budget
-
     if spec.target_psnr is None or spec.n_kernels is None and hasattr(args, "n_kernels"):
         return spec
-    cap = args.n_kernels if hasattr(args, "n_kernels") else kernel_budget(height, width, TARGET_CAP_DENSITY)
-    start = min(cap, kernel_budget(height, width, TARGET_START_DENSITY))
-    return spec.replace(n_kernels=cap, grow_start=start / cap)
+    return spec.growing((height, width), getattr(args, "n_kernels", None))
 
 
 def _validate_for(spec, shape, path) -> None:
