@@ -253,7 +253,8 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
                     if prev_best < math.inf and (prev_best - best) <= spec.tol * abs(prev_best):
                         stop, last = "plateau", True
                     prev_best = best
-                if spec.min_gain is not None and not last and converged(history, spec.min_gain):
+                if (spec.min_gain is not None and not last and all(s.settled() for s in strategies)
+                        and converged(history, spec.min_gain)):
                     stop, last = "converged", True
             if bar is not None:
                 bar.update(1)
@@ -299,7 +300,7 @@ def converged(history: list[dict], min_gain: float) -> bool:
     before = [r["psnr"] for r in history if r["seconds"] <= then]
     recent = [r["kernels"] for r in history if r["seconds"] > then]
     if not before or any(b > a for a, b in zip(recent, recent[1:])):
-        return False  # a model still growing dips after each addition: no verdict until it has stopped
+        return False  # a model that grew dips after each addition: the last quarter must have none
     gain = max(r["psnr"] for r in history) - max(before)
     return gain < min_gain * (now - then)
 

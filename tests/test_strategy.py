@@ -89,9 +89,10 @@ def test_growth_adds_kernels_where_the_residual_is():
     assert len(leaves) == 50
     assert bool((leaves.mu[40:, 0] >= 28).all())  # smoothing lets a pixel or two spill over
     torch.testing.assert_close(leaves.experts[40:].detach(), torch.ones(10, 3))
+    assert not grow.settled()  # a convergence stop waits for the budget to fill
     for it in (10, 15, 20):
         grow.after_step(_state(leaves, opt, target, it=it))
-    assert len(leaves) == 60
+    assert len(leaves) == 60 and grow.settled()
 
 
 def test_rbf_growth_takes_the_residual_as_expert():

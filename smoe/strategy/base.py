@@ -36,3 +36,7 @@ class Strategy:
 
     def after_step(self, state: FitState) -> None:
         """Called after every optimizer step, in the order the strategies were given."""
+
+    def settled(self) -> bool:
+        """False while the strategy still means to change the model's size: stop rules on convergence wait."""
+        return True

@@ -39,13 +39,18 @@ class GrowByError(Strategy):
     def __init__(self, cap: int, *, every: int = 50, seed: int = 0, rate: float = 0.25):
         self.cap, self.every, self.rate = int(cap), int(every), float(rate)
         self.rng = np.random.default_rng(seed)
+        self.full = False
 
     def after_step(self, state: FitState) -> None:
         n = len(state.leaves)
-        if state.last or state.iteration % self.every or n >= self.cap:
+        self.full = n >= self.cap
+        if state.last or state.iteration % self.every or self.full:
             return
         k = min(self.cap - n, max(1, round(self.rate * n)))
         state.leaves.extend(self._new_kernels(state, k), state.optimizer)
+
+    def settled(self) -> bool:
+        return self.full
 
     def _new_kernels(self, state: FitState, k: int) -> Model:
         target = state.target.detach().cpu().numpy()
