@@ -36,9 +36,6 @@ import statistics
 import sys
 import time
 
-import torch
-
-import smoe
 from smoe.fitting import fit
 from smoe.imageio import read_image
 from smoe.metrics import evaluate
@@ -76,18 +73,16 @@ def psnr_after(history, seconds, offset=0.0):
 def run_one(image, pool, method, iters, seed):
     mode, scope = METHODS[method]
     res = fit(image, pool, mode=mode, scope=scope, seed=seed, iters=iters, log_every=10, **PAPER)
-    return res, final_row(image, res, mode, scope)
+    return res, final_row(image, res)
 
 
-def final_row(image, res, mode="smoe", scope="raster"):
+def final_row(image, res):
     """Kernels per tile, quality and speed figures of a finished fit ``res`` of ``image``."""
-    h, w, _ = image.shape
-    model = res.model
-    with torch.no_grad():
-        recon = smoe.rasterizer.render(model, h, w, mode=mode, scope=scope)
-        render_s = timed(lambda: smoe.rasterizer.render(model, h, w, mode=mode, scope=scope), repeat=5 if scope == "raster" else 1)
-    m = evaluate(image, recon.numpy(), lpips=True)
-    kpt = smoe.kernels_per_tile(model, h, w, mode=mode) if scope == "raster" else float(len(model))
+    fitted = res.fitted  # knows its mode, scope and tiles
+    recon = fitted.render()
+    render_s = timed(fitted.render, repeat=5 if fitted.scope == "raster" else 1)
+    m = evaluate(image, recon, lpips=True)
+    kpt = fitted.kernels_per_tile()
     return {
         "kernels/tile": f"{kpt:.0f}",
         "PSNR": f"{m['psnr']:.2f}",
@@ -150,7 +145,8 @@ def time_to_quality(args):
     rows, speedups, curves = [], [], {}
     for path in kodak_images(args.images):
         image = read_image(path, mode="rgb")
-        runs = {"default": fit(image, pool, seed=args.seed, time_budget=args.time_budget, log_every=10)}
+        runs = {"default": fit(image, pool, seed=args.seed, time_budget=args.time_budget, log_every=10,
+                               tile_size=args.tile_size)}
         if path.stem in baseline:
             runs["paper (random, fixed pool)"] = fit(image, pool, seed=args.seed, iters=args.iters, log_every=10,
                                                      **PAPER)
@@ -254,6 +250,7 @@ def main(argv=None):
     ap.add_argument("--baseline-images", nargs="*", default=["01", "02", "03", "04", "05", "23"],
                     help="images the paper's method also fits (time to quality)")
     ap.add_argument("--plot-images", nargs="*", default=["01", "23"])
+    ap.add_argument("--tile-size", type=int, default=16, help="tile side of the default fit (time to quality)")
     ap.add_argument("--target-psnr", type=float, default=None,
                     help="instead: kernels a grown fit needs for this PSNR against the smallest fixed count")
     ap.add_argument("--target-seconds", type=float, default=180.0, help="time budget of each target fit")

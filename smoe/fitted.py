@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .sizes import check_tile_offset, output_size
+from .sizes import TILE, check_tile_offset, check_tile_size, output_size
 from .spec import MODES, SCOPES, FitSpec
 from .validate import check_choice, check_finite, is_whole
 
@@ -44,6 +44,8 @@ class FittedModel:
     spec : FitSpec, optional
         The resolved specification of the fit, when known (a version-1 model
         file does not record one).
+    tile : int
+        Side of the raster tiles it was fitted with (16 unless the fit chose another).
 
     Examples
     --------
@@ -60,18 +62,21 @@ class FittedModel:
     scope: str = "raster"
     tile_offset: tuple[int, int] = (0, 0)
     spec: FitSpec | None = None
+    tile: int = TILE
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
         check_choice("scope", self.scope, SCOPES)
         if not (len(self.frame) == 2 and all(is_whole(s) and s >= 1 for s in self.frame)):
             raise ValueError(f"frame must be (height, width), two positive whole numbers, got {self.frame!r}")
-        tile_offset = check_tile_offset(self.tile_offset)
+        tile = check_tile_size(self.tile)
+        tile_offset = check_tile_offset(self.tile_offset, tile)
         if self.spec is not None and not isinstance(self.spec, FitSpec):
             raise ValueError(f"spec must be a FitSpec or None, got {type(self.spec).__name__}")
         # Plain ints, so that equality, JSON and TileGrid see the same values however they were given.
         object.__setattr__(self, "frame", (int(self.frame[0]), int(self.frame[1])))
         object.__setattr__(self, "tile_offset", tile_offset)
+        object.__setattr__(self, "tile", tile)
 
     @property
     def height(self) -> int:
@@ -113,16 +118,16 @@ class FittedModel:
         sharpen = check_finite("sharpen", sharpen, low=0, low_open=True)
         with torch.no_grad():
             out = render_model(self.model, h, w, mode=self.mode, scope=self.scope, extent=self.frame,
-                               tile_offset=self.tile_offset, sharpen=sharpen, backend=backend)
+                               tile_offset=self.tile_offset, sharpen=sharpen, backend=backend, tile=self.tile)
         return out.cpu().numpy()
 
     def kernels_per_tile(self) -> float:
-        """Mean kernels listed per 16 x 16 tile at the fitted size (R Table I); the kernel count in global scope."""
+        """Mean kernels listed per tile at the fitted size (R Table I); the kernel count in global scope."""
         if self.scope != "raster":
             return float(len(self.model))
         from .rasterizer import kernels_per_tile
 
-        return kernels_per_tile(self.model, *self.frame, mode=self.mode, tile_offset=self.tile_offset)
+        return kernels_per_tile(self.model, *self.frame, mode=self.mode, tile_offset=self.tile_offset, tile=self.tile)
 
 
 def render(fitted: FittedModel, scale: float | None = None, size: tuple[int, int] | None = None, *,

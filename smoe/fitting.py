@@ -66,7 +66,7 @@ class FitResult:
     def fitted(self) -> FittedModel:
         """The model with the frame, mode, scope, tile offset and spec it was fitted with."""
         spec = self.spec
-        return FittedModel(self.model, self.frame, spec.mode, spec.scope, spec.tile_offset, spec)
+        return FittedModel(self.model, self.frame, spec.mode, spec.scope, spec.tile_offset, spec, spec.tile_size)
 
     def run_facts(self) -> dict:
         """How the fit went, as ``metrics.json`` reports it."""
@@ -187,7 +187,7 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     if spec.init == MODEL_INIT and start is None:
         raise ValueError("this spec starts from a ready model (init 'model'); pass that model too: "
                          "fit(image, spec=spec, init=model)")
-    mode, scope, tile_offset = spec.mode, spec.scope, spec.tile_offset
+    mode, scope, tile_offset, tile = spec.mode, spec.scope, spec.tile_offset, spec.tile_size
     t0 = time.perf_counter()
     if start is None:
         count = spec.n_kernels
@@ -215,7 +215,7 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     try:
         for it in range(1, spec.iters + 1):
             out = rasterize(leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts, h, w, mode=mode, scope=scope,
-                            tile_offset=tile_offset, backend=backend)
+                            tile_offset=tile_offset, backend=backend, tile=tile)
             mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
             loss = mse + spec.lam * torch.clamp(leaves.pi, min=0).sum() if spec.lam > 0 else mse
             if float(loss.detach()) < best:
@@ -238,7 +238,8 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
             if it % spec.log_every == 0 or last:
                 live = int((leaves.pi.detach() > 0).sum()) if mode == "smoe" else len(leaves)
                 rec = {"iteration": it, "loss": float(loss.detach()), "psnr": psnr, "kernels": live,
-                       "kernels_per_tile": kernels_per_tile(leaves.model(), h, w, mode=mode, tile_offset=tile_offset)
+                       "kernels_per_tile": kernels_per_tile(leaves.model(), h, w, mode=mode, tile_offset=tile_offset,
+                                                            tile=tile)
                        if scope == "raster" else float(live), "seconds": elapsed}
                 if spec.target_corr is not None:
                     rec["residual_corr"] = neighbour_correlation(target - out.detach())
@@ -268,9 +269,9 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     # Adam can end on a spike: return the last parameters unless an earlier
     # iterate had a lower loss.
     model = leaves.model()
-    mse = _mse(model, target, mode, scope, tile_offset, backend)
+    mse = _mse(model, target, mode, scope, tile_offset, tile, backend)
     if _loss(model, mse, spec.lam) >= best:
-        model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, backend)
+        model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, tile, backend)
     else:
         best_steps = it
     if mode == "smoe":
@@ -323,10 +324,10 @@ def _snapshot(model: Model) -> Model:
     return Model.unchecked(*(t.clone() for t in (model.mu, model.chol, model.pi, model.experts)))
 
 
-def _mse(model: Model, target, mode, scope, tile_offset, backend) -> float:
+def _mse(model: Model, target, mode, scope, tile_offset, tile, backend) -> float:
     with torch.no_grad():
         out = rasterize(model.mu, model.chol, model.pi, model.experts, *target.shape[:2], mode=mode, scope=scope,
-                        tile_offset=tile_offset, backend=backend)
+                        tile_offset=tile_offset, backend=backend, tile=tile)
     return float(torch.nn.functional.mse_loss(out, target))
 
 

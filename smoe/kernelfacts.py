@@ -45,8 +45,8 @@ def bounding_radius(chol: np.ndarray) -> np.ndarray:
 
 
 def kernels_per_tile(mu: np.ndarray, chol: np.ndarray, pi: np.ndarray, frame: tuple[int, int], *,
-                     mode: str = "smoe", tile_offset: tuple[int, int] = (0, 0)) -> float:
-    """Mean kernels listed per 16 x 16 tile of the ``frame = (height, width)`` grid (R Table I).
+                     mode: str = "smoe", tile_offset: tuple[int, int] = (0, 0), tile: int = TILE) -> float:
+    """Mean kernels listed per ``tile x tile`` tile of the ``frame = (height, width)`` grid (R Table I).
 
     Parameters
     ----------
@@ -57,6 +57,8 @@ def kernels_per_tile(mu: np.ndarray, chol: np.ndarray, pi: np.ndarray, frame: tu
     frame : (int, int)
     mode : {"smoe", "rbf"}
     tile_offset : (int, int)
+    tile : int
+        Tile side in pixels (16 unless the fit chose another).
 
     Examples
     --------
@@ -65,14 +67,14 @@ def kernels_per_tile(mu: np.ndarray, chol: np.ndarray, pi: np.ndarray, frame: tu
     0.25
     """
     (height, width), (oy, ox) = frame, tile_offset
-    ny, nx = max(1, math.ceil((height + oy) / TILE)), max(1, math.ceil((width + ox) / TILE))
+    ny, nx = max(1, math.ceil((height + oy) / tile)), max(1, math.ceil((width + ox) / tile))
     active = slice(None) if mode == "rbf" else pi > 0
     mu, r = mu[active], bounding_radius(chol[active])
 
     def tiles(centre, offset: int, n: int) -> np.ndarray:
         # Clamped in float first, as smoe.tiles.tile_boxes does: huge radii must not overflow.
-        first = np.clip(np.floor((centre - r + offset) / TILE), -1, n).clip(min=0)
-        last = np.clip(np.floor((centre + r + offset) / TILE), -1, n).clip(max=n - 1)
+        first = np.clip(np.floor((centre - r + offset) / tile), -1, n).clip(min=0)
+        last = np.clip(np.floor((centre + r + offset) / tile), -1, n).clip(max=n - 1)
         return np.maximum(last - first + 1, 0).astype(np.int64)
 
     listed = int((tiles(mu[:, 1], oy, ny) * tiles(mu[:, 0], ox, nx)).sum())

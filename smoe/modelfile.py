@@ -15,7 +15,8 @@ name        shape        content
 ``meta`` holds ``format`` (``"smoe-model"``), ``format_version`` (2),
 ``mode`` (``"smoe"``/``"rbf"``), ``scope`` (``"raster"``/``"global"``),
 ``height`` and ``width`` of the image the model was fitted on, ``channels``,
-``tile_offset`` (``[oy, ox]``), ``smoe_version`` (the writer's) and ``spec``
+``tile_offset`` (``[oy, ox]``), ``tile`` (the tile side in pixels; files
+without it were written when it was always 16), ``smoe_version`` (the writer's) and ``spec``
 (the resolved :class:`smoe.spec.FitSpec` as a JSON object, or null), so a
 file says how to render the model and how to fit it again.
 
@@ -46,7 +47,7 @@ from .archive import ArchiveError, NpyHeader, Npz
 from .atomic import atomic_write_bytes
 from .limits import MAX_KERNELS, MAX_META_BYTES, MAX_PARAMETER, check_frame, load_json, open_regular
 from .fitted import FittedModel
-from .sizes import check_tile_offset
+from .sizes import TILE, check_tile_offset, check_tile_size
 from .spec import MODES, SCOPES, FitSpec
 from .version import __version__
 
@@ -120,6 +121,7 @@ def model_file_bytes(fitted: FittedModel) -> bytes:
         "width": fitted.width,
         "channels": model.channels,
         "tile_offset": list(fitted.tile_offset),
+        "tile": fitted.tile,
         "smoe_version": __version__,
         "spec": None if fitted.spec is None else fitted.spec.to_dict(),
     }
@@ -193,7 +195,7 @@ def fitted_from_arrays(path, arrays: dict[str, np.ndarray], meta: dict, spec: Fi
         raise ModelFileError(f"{path}: invalid model: {exc}") from exc
     try:
         fitted = FittedModel(model, (meta["height"], meta["width"]), meta["mode"], meta["scope"],
-                             tuple(meta["tile_offset"]), spec)
+                             tuple(meta["tile_offset"]), spec, meta["tile"])
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
     return fitted
@@ -377,8 +379,12 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     offset = meta["tile_offset"]
     if not (isinstance(offset, list) and len(offset) == 2 and all(_is_int(o) for o in offset)):
         raise _fail(path, f"tile_offset must be a list of two whole numbers, got {offset!r}")
+    meta.setdefault("tile", TILE)  # files written before the tile size was a choice used 16
+    if not _is_int(meta["tile"]):
+        raise _fail(path, f"tile must be a whole number, got {meta['tile']!r}")
     try:
-        check_tile_offset(tuple(offset))
+        check_tile_size(meta["tile"])
+        check_tile_offset(tuple(offset), meta["tile"])
     except ValueError as exc:
         raise _fail(path, str(exc)) from None
     meta.setdefault("smoe_version", "unknown")

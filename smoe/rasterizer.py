@@ -29,6 +29,7 @@ from . import fused_cpu, reference
 from .model import Model, rescale
 from .tiles import TileGrid, active_kernels, bin_kernels
 from .spec import MODES, SCOPES
+from .sizes import TILE, check_tile_size
 from .validate import check_choice
 
 BACKENDS = ("auto", "cpu", "torch")
@@ -36,7 +37,7 @@ BACKENDS = ("auto", "cpu", "torch")
 
 def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
               tile_offset: tuple[int, int] = (0, 0), extent: tuple[int, int] | None = None,
-              sharpen: float = 1.0, backend: str = "auto") -> torch.Tensor:
+              sharpen: float = 1.0, backend: str = "auto", tile: int = TILE) -> torch.Tensor:
     """Render raw kernel parameters on a pixel raster.
 
     Parameters
@@ -54,7 +55,7 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     mode : {"smoe", "rbf"}
     scope : {"raster", "global"}
     tile_offset : (int, int)
-        ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
+        ``(oy, ox)`` shift of the tile grid, each in ``[0, tile)``.
     extent : (int, int), optional
         ``(height, width)`` of the frame the parameters live in (the fitted
         image); the output raster covers that frame.  Defaults to the output
@@ -68,6 +69,9 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     backend : {"auto", "cpu", "torch"}
         ``"auto"`` picks the fused kernel for CPU tensors and the PyTorch
         reference otherwise.
+    tile : int
+        Side of the square tiles in pixels of the fitted frame, a power of two
+        from 4 to 64 (default 16, the R paper's).
 
     Returns
     -------
@@ -84,7 +88,8 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
     if h0 < 1 or w0 < 1:
         raise ValueError(f"extent must be positive, got {h0}x{w0}")
     sy, sx = height / h0, width / w0
-    grid = TileGrid(int(height), int(width), tuple(int(o) for o in tile_offset), scale=(sy, sx))
+    grid = TileGrid(int(height), int(width), tuple(int(o) for o in tile_offset), tile=check_tile_size(tile),
+                    scale=(sy, sx))
     if backend == "auto":
         backend = "cpu" if mu.device.type == "cpu" else "torch"
     if backend == "cpu" and mu.device.type != "cpu":
@@ -106,7 +111,7 @@ def rasterize(mu, chol, pi, experts, height: int, width: int, *, mode: str = "sm
 
 def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: str = "raster",
            extent: tuple[int, int] | None = None, tile_offset: tuple[int, int] = (0, 0),
-           sharpen: float = 1.0, backend: str = "auto") -> torch.Tensor:
+           sharpen: float = 1.0, backend: str = "auto", tile: int = TILE) -> torch.Tensor:
     """Render a model on a ``height x width`` pixel raster.
 
     Parameters
@@ -114,25 +119,25 @@ def render(model: Model, height: int, width: int, *, mode: str = "smoe", scope: 
     model : Model
     height, width : int
         Output size in pixels.
-    mode, scope, tile_offset, sharpen, backend
+    mode, scope, tile_offset, sharpen, backend, tile
         As in :func:`rasterize`.
     extent : (int, int), optional
         ``(height, width)`` of the image the model was fitted on.  The output
         raster covers that same area, so ``extent=(h, w)`` with an output of
         ``(2h, 2w)`` renders at twice the resolution (super-resolution).
-        Defaults to the output size (scale 1).  Tiles are 16 x 16 pixels of
-        that fitted frame, so raster scope shows no seams at other scales.
+        Defaults to the output size (scale 1).  Tiles are ``tile x tile`` pixels
+        of that fitted frame, so raster scope shows no seams at other scales.
 
     Returns
     -------
     (height, width, C) tensor.
     """
     return rasterize(model.mu, model.chol, model.pi, model.experts, height, width, mode=mode, scope=scope,
-                     tile_offset=tile_offset, extent=extent, sharpen=sharpen, backend=backend)
+                     tile_offset=tile_offset, extent=extent, sharpen=sharpen, backend=backend, tile=tile)
 
 
 def kernels_per_tile(model: Model, height: int, width: int, *, mode: str = "smoe",
-                     tile_offset: tuple[int, int] = (0, 0)) -> float:
-    """Average number of kernels listed per 16 x 16 tile (R Table I, "Avg. kernel")."""
-    grid = TileGrid(int(height), int(width), tuple(tile_offset))
+                     tile_offset: tuple[int, int] = (0, 0), tile: int = TILE) -> float:
+    """Average number of kernels listed per ``tile x tile`` tile (R Table I, "Avg. kernel")."""
+    grid = TileGrid(int(height), int(width), tuple(tile_offset), tile=check_tile_size(tile))
     return bin_kernels(model.mu, model.chol, model.pi, grid, mode=mode).mean_kernels_per_tile()

@@ -12,26 +12,43 @@ import math
 
 from .validate import is_real, is_whole
 
-__all__ = ["TILE", "MAX_OUTPUT_PIXELS", "output_size", "check_output_pixels", "check_tile_offset"]
+__all__ = ["TILE", "MAX_OUTPUT_PIXELS", "output_size", "check_output_pixels", "check_tile_offset", "check_tile_size",
+           "TILE_SIZES"]
 
 #: Side of the square tiles of rasterized rendering, in pixels of the fitted frame (R paper, Section IV).
 TILE = 16
+#: Tile sides a fit may choose instead (``FitSpec.tile_size``, ``smoe fit --tile-size``).
+TILE_SIZES = (4, 8, 16, 32, 64)
 #: Largest output raster (width x height) smoe renders; bigger requests are refused before any work
 #: (a float32 RGB raster of this size takes 1.2 GB, and rendering it several times more).
 MAX_OUTPUT_PIXELS = 100_000_000
 
 
-def check_tile_offset(offset) -> tuple[int, int]:
-    """Refuse a tile-grid shift that is not two whole numbers ``(oy, ox)`` in ``[0, TILE)``; returns it as ints.
+def check_tile_size(tile) -> int:
+    """Refuse a tile side that is not a power of two from 4 to 64; returns it as an int.
+
+    Examples
+    --------
+    >>> check_tile_size(32)
+    32
+    """
+    if not (is_whole(tile) and int(tile) in TILE_SIZES):
+        raise ValueError(f"tile size must be a power of two from 4 to 64 ({', '.join(map(str, TILE_SIZES))}), "
+                         f"got {tile!r}")
+    return int(tile)
+
+
+def check_tile_offset(offset, tile: int = TILE) -> tuple[int, int]:
+    """Refuse a tile-grid shift that is not two whole numbers ``(oy, ox)`` in ``[0, tile)``; returns it as ints.
 
     Examples
     --------
     >>> check_tile_offset([3, 7])
     (3, 7)
     """
-    if not (isinstance(offset, (tuple, list)) and len(offset) == 2 and all(is_whole(o) and 0 <= o < TILE
+    if not (isinstance(offset, (tuple, list)) and len(offset) == 2 and all(is_whole(o) and 0 <= o < tile
                                                                            for o in offset)):
-        raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {TILE - 1}, got {offset!r}")
+        raise ValueError(f"tile_offset must be two whole numbers (oy, ox) from 0 to {tile - 1}, got {offset!r}")
     return int(offset[0]), int(offset[1])
 
 

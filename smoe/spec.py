@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .sizes import check_tile_offset
+from .sizes import TILE, check_tile_offset, check_tile_size
 from .validate import check_choice, check_finite, check_kernel_count, is_real, is_whole
 
 __all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "TARGET_START_DENSITY", "TARGET_CAP_DENSITY", "STRATEGIES_OFF",
@@ -69,7 +69,10 @@ class FitSpec:
         deterministic unless a stop rule in seconds (``min_gain``,
         ``time_budget``) ends it.
     tile_offset : (int, int)
-        ``(oy, ox)`` shift of the tile grid, each in ``[0, 16)``.
+        ``(oy, ox)`` shift of the tile grid, each in ``[0, tile_size)``.
+    tile_size : int
+        Side of the raster tiles in pixels, a power of two from 4 to 64 (the
+        R paper's 16 by default; docs/design.md has the measured ablation).
     iters, lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts, lam, prune_every
         Most gradient steps; Adam learning rates (``lr_mu`` decays
         geometrically to ``lr_mu_final``); L1 weight on the gates; steps
@@ -109,6 +112,7 @@ class FitSpec:
     init_options: dict = field(default_factory=dict)
     seed: int = 0
     tile_offset: tuple[int, int] = (0, 0)
+    tile_size: int = TILE
     iters: int = 2500
     lr_mu: float = 0.02
     lr_mu_final: float = 2e-3
@@ -150,7 +154,8 @@ class FitSpec:
         if not (isinstance(self.init_options, dict) and all(isinstance(k, str) for k in self.init_options)):
             raise ValueError(f"init_options must be a dict with option names as keys, got {self.init_options!r}")
         _check_count("seed", self.seed, 0)
-        check_tile_offset(self.tile_offset)
+        check_tile_size(self.tile_size)
+        check_tile_offset(self.tile_offset, self.tile_size)
         self._validate_optimizer()
         if self.n_kernels is not None and not (is_whole(self.n_kernels) and self.n_kernels >= 1):
             raise ValueError(f"n_kernels must be a positive whole number (or None for initializers that choose "

@@ -169,6 +169,16 @@ def test_fit_to_a_target_without_n_grows_the_model(image, tmp_path):
     assert round(report["spec"]["grow_start"] * report["spec"]["n_kernels"]) == report["kernels_initial"]
 
 
+def test_fit_with_another_tile_size(image, tmp_path, capsys):
+    out = tmp_path / "tiles32"
+    assert main(["fit", str(image), *FAST, "--tile-size", "32", "-o", str(out)]) == 0
+    assert load_model(out / "model.smoe.npz").tile == 32
+    assert json.loads((out / "metrics.json").read_text())["spec"]["tile_size"] == 32
+    capsys.readouterr()
+    assert main(["info", str(out / "model.smoe.npz")]) == 0
+    assert "32x32 tiles" in capsys.readouterr().out
+
+
 def test_unreached_target_keeps_the_best_model_and_says_so(image, tmp_path, capsys):
     out = tmp_path / "capped"
     assert main(["fit", str(image), "-n", "20", "--target-psnr", "59", "--iters", "60", "--quiet",
@@ -218,7 +228,8 @@ def test_fit_rejects_bad_images(kind, tmp_path, capsys):
     ["--scope", "tiles"], ["--iters", "0"], ["--time-budget", "0"], ["--lam", "-1"], ["--lam", "nan"],
     ["--mode", "rbf", "--lam", "1e-4"], ["--bogus-option"], ["--target-corr", "1.5"], ["--target-corr", "nan"],
     ["--target-psnr", "61"], ["--target-psnr", "9.5"], ["--time-budget", "-1"], ["--min-gain", "-0.1"],
-    ["--max-reach", "nan"],
+    ["--max-reach", "nan"], ["--grow-start", "1.5"], ["--tile-size", "12"], ["--tile-size", "2"],
+    ["--tile-size", "128"], ["--tile-size", "x"],
 ])
 def test_fit_rejects_bad_options(options, image, tmp_path, capsys):
     out = tmp_path / "out"

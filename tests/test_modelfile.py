@@ -70,6 +70,25 @@ def test_round_trip_renders_identically(tmp_path, mode, scope):
     assert np.array_equal(smoe.render(loaded), expected)
 
 
+def test_tile_size_travels_with_the_model(tmp_path):
+    model = _random_model()
+    save_model(tmp_path / "m.npz", FittedModel(model, (HEIGHT, WIDTH), tile_offset=(20, 3), tile=32))
+    loaded = load_model(tmp_path / "m.npz")
+    assert (loaded.tile, loaded.tile_offset) == (32, (20, 3))
+    expected = smoe.rasterizer.render(model, HEIGHT, WIDTH, tile=32, tile_offset=(20, 3)).numpy()
+    assert np.array_equal(smoe.render(loaded), expected)
+    arrays, meta = _contents(tmp_path / "m.npz")
+    del meta["tile"]  # a file from before the tile size was a choice: 16, whose offsets stop at 15
+    with pytest.raises(ModelFileError, match="tile_offset"):
+        load_model(_rewrite(tmp_path / "old.npz", arrays, meta))
+    meta["tile_offset"] = [2, 3]
+    assert load_model(_rewrite(tmp_path / "old.npz", arrays, meta)).tile == 16
+    for bad in (12, "32", 128):
+        meta["tile"] = bad
+        with pytest.raises(ModelFileError, match="tile"):
+            load_model(_rewrite(tmp_path / "bad.npz", arrays, meta))
+
+
 def test_round_trip_preserves_arrays_and_meta(model_path):
     fitted, meta = read_model_file(model_path)
     original = _random_model().numpy()

@@ -91,15 +91,16 @@ def test_numpy_kernel_facts_equal_torch(dtype):
         model = _random_model(rng, int(rng.integers(0, 300)), dtype)
         arrays = model.numpy()
         frame = (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
-        offset = (int(rng.integers(0, 16)), int(rng.integers(0, 16)))
+        tile = int(rng.choice([4, 8, 16, 32, 64]))
+        offset = (int(rng.integers(0, tile)), int(rng.integers(0, tile)))
         # torch's vectorized sqrt and scalar division are not always correctly rounded (NumPy's are): radii may
         # differ in the last bit, which moves a box only if its edge falls on a tile border to that bit.
         np.testing.assert_allclose(kernelfacts.bounding_radius(arrays["chol"]), bounding_radius(model.chol).numpy(),
                                    rtol=1e-6, atol=0)
         for mode in ("smoe", "rbf"):
-            expected = kernels_per_tile(model, *frame, mode=mode, tile_offset=offset)
+            expected = kernels_per_tile(model, *frame, mode=mode, tile_offset=offset, tile=tile)
             got = kernelfacts.kernels_per_tile(arrays["mu"], arrays["chol"], arrays["pi"], frame, mode=mode,
-                                               tile_offset=offset)
+                                               tile_offset=offset, tile=tile)
             assert got == expected, (trial, mode)
         if len(model):
             axes = torch.linalg.eigvalsh(model.covariance.double()).clamp(min=0).sqrt().numpy()

@@ -52,6 +52,29 @@ def test_tile_offset_parity_and_effect(offset):
         assert 0 < (fast - base).abs().max() < 0.2
 
 
+@pytest.mark.parametrize("tile", [4, 8, 32, 64])
+@pytest.mark.parametrize("mode", MODES)
+def test_other_tile_sizes_parity_and_effect(tile, mode):
+    h, w = 45, 70
+    model = random_model(80, h, w, scale=(0.05, 0.3))
+    offset = (tile // 2, 1)
+    fast, ref = render_both(model, h, w, mode=mode, tile=tile, tile_offset=offset)
+    assert (fast - ref).abs().max() < 1e-5
+    weight = torch.randn(h, w, 3, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(grads(model, h, w, "cpu", weight, mode=mode, tile=tile, tile_offset=offset),
+                    grads(model, h, w, "torch", weight, mode=mode, tile=tile, tile_offset=offset)):
+        assert (a - b).abs().max() / b.abs().max().clamp(min=1e-12) < 1e-4
+    # a kernel is listed for every tile its box touches: larger tiles list more of each kernel's reach
+    assert 0 < (fast - smoe.rasterizer.render(model, h, w, mode=mode)).abs().max() < 0.3
+
+
+@pytest.mark.parametrize("tile", [0, 12, 128, 16.5])
+def test_tile_size_must_be_a_power_of_two_from_4_to_64(tile):
+    model = random_model(5, 10, 10)
+    with pytest.raises(ValueError, match="power of two from 4 to 64"):
+        smoe.rasterizer.render(model, 10, 10, tile=tile)
+
+
 @pytest.mark.parametrize("mode,scope", list(itertools.product(MODES, SCOPES)))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_gradient_parity_float32(mode, scope, channels):

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..outputnames import FIT_OUTPUTS
 from .guards import _prepare_outdir, _removed_on_failure, _sigterm_as_interrupt
 from .options import (EXIT_OK, CliError, _correlation, _kernel_count, _key_value, _non_negative_float,
-                      _positive_float, _positive_int, _target_psnr)
+                      _positive_float, _positive_int, _target_psnr, _tile_size)
 
 
 # ================================================================== fit
@@ -45,8 +45,10 @@ def _add_fit_options(p) -> None:
                    help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
                         "(default: %(default)s)")
     p.add_argument("--scope", choices=SCOPES, default=defaults.scope,
-                   help="'raster': each 16x16 tile sums only the kernels that reach it (fast); 'global': every "
+                   help="'raster': each tile (16x16, see --tile-size) sums only the kernels that reach it (fast); 'global': every "
                         "kernel acts on every pixel (cost grows with kernels x pixels) (default: %(default)s)")
+    p.add_argument("--tile-size", type=_tile_size, default=defaults.tile_size, metavar="PX",
+                   help="side of the raster tiles: 4, 8, 16, 32 or 64 pixels (default: %(default)s)")
     p.add_argument("--iters", type=_positive_int, default=defaults.iters, metavar="N",
                    help="maximum number of gradient steps (default: %(default)s)")
     p.add_argument("--target-psnr", type=_target_psnr, default=None, metavar="DB",
@@ -125,7 +127,7 @@ def _fit_spec(args):
                    init_options=dict(args.init_options or ()), seed=args.seed, iters=args.iters, lam=args.lam,
                    target_psnr=args.target_psnr, target_corr=args.target_corr, time_budget=args.time_budget,
                    tol=args.tol, min_gain=args.min_gain or None, max_reach=args.max_reach or None,
-                   grow_start=args.grow_start or None).validate()
+                   grow_start=args.grow_start or None, tile_size=args.tile_size).validate()
 
 
 def _growth_for(spec, args, height: int, width: int):
@@ -151,8 +153,9 @@ def _print_fit_summary(report: dict, outdir: Path) -> None:
     print(f"done after {q['iterations']} iterations (stop: {q['stop_reason']}), {q['fit_seconds']:.1f} s fit + "
           f"{q['init_seconds']:.2f} s init")
     print(f"  PSNR {psnr} dB{ssim}{lpips}")
-    print(f"  kernels {q['kernels_initial']} -> {q['kernels_final']} ({q['kernels_per_tile']:.1f} per 16x16 tile), "
-          f"renders in {q['render_ms']:.1f} ms")
+    tile = q["spec"]["tile_size"]
+    print(f"  kernels {q['kernels_initial']} -> {q['kernels_final']} ({q['kernels_per_tile']:.1f} per {tile}x{tile} "
+          f"tile), renders in {q['render_ms']:.1f} ms")
     print(f"outputs in {outdir}/: {', '.join(FIT_OUTPUTS)}")
     print(f"next: smoe render {outdir / FIT_OUTPUTS[0]} --scale 2 -o {outdir / 'x2.png'}")
 

@@ -136,7 +136,8 @@ def _run_info(args) -> int:
         ("fitted on", f"{facts['width']}x{facts['height']} pixels"),
         ("format", f"{meta['format']} version {facts['format_version']}, {facts['dtype']}, "
                    f"written by smoe {facts['smoe_version']}"),
-        ("kernels/tile", f"{facts['kernels_per_tile']:.1f} (mean over 16x16 tiles at the fitted size)"),
+        ("kernels/tile", f"{facts['kernels_per_tile']:.1f} (mean over {facts['tile']}x{facts['tile']} tiles at the "
+                         "fitted size)"),
         ("bandwidth", "n/a (no kernels)" if bw is None else
          f"median sigma {bw['median_sigma']:.2f} px (major axis {bw['median_major']:.2f}, minor "
          f"{bw['median_minor']:.2f}; major axes {bw['min_major']:.2f} to {bw['max_major']:.2f} px)"),
@@ -158,11 +159,11 @@ def _model_facts(arrays: dict[str, np.ndarray], meta: dict, spec: FitSpec | None
     return {
         "kernels": len(arrays["mu"]), "channels": arrays["experts"].shape[1], "mode": meta["mode"],
         "scope": meta["scope"], "height": frame[0], "width": frame[1], "tile_offset": list(meta["tile_offset"]),
-        "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
+        "tile": meta["tile"], "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
         "dtype": str(arrays["mu"].dtype),
         # at the fitted size, also for a global-scope model (as if rasterized)
         "kernels_per_tile": kernels_per_tile(arrays["mu"], arrays["chol"], arrays["pi"], frame, mode=meta["mode"],
-                                             tile_offset=tuple(meta["tile_offset"])),
+                                             tile_offset=tuple(meta["tile_offset"]), tile=meta["tile"]),
         "bandwidth_px": bandwidth(arrays["chol"]),
         # Format 1 stored free settings, shown as they are; format 2 the fit spec.
         "settings": dict(sorted(meta["settings"].items())) if meta["format_version"] == 1

@@ -11,6 +11,8 @@ import math
 import re
 from typing import Callable
 
+from ..sizes import TILE_SIZES
+
 #: Exit statuses.
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
@@ -70,6 +72,7 @@ def _float(text: str) -> float:
 
 _positive_float = _checked(_float, lambda v: v > 0, "must be greater than 0, got {text}")
 _non_negative_float = _checked(_float, lambda v: v >= 0, "must be 0 or more, got {text}")
+_tile_size = _checked(_int, lambda v: v in TILE_SIZES, "must be a power of two from 4 to 64, got {text}")
 #: A PSNR target a user may ask for: below 10 dB is no picture, above 60 dB more than 8-bit images hold.
 _target_psnr = _checked(_float, lambda v: 10 <= v <= 60, "must be a PSNR from 10 to 60 dB, got {text}")
 _correlation = _checked(_float, lambda v: -1 <= v <= 1, "must be a correlation between -1 and 1, got {text}")
