@@ -35,6 +35,7 @@ from . import encoders
 from .atomic import atomic_write_bytes
 from .imagecheck import check_image, pillow_warnings
 from .limits import MAX_IMAGE_BYTES, read_regular
+from .validate import one_line
 
 __all__ = [
     "ImageError",
@@ -147,7 +148,7 @@ def _open(data: bytes, path: Path) -> Image.Image:
             f"{path}: not an image file Pillow can read (unknown format, broken header or 0 pixels)"
         ) from exc
     except Exception as exc:  # Pillow reports broken headers through many exception types
-        raise ImageError(f"{path}: corrupt image header ({_one_line(exc)})") from exc
+        raise ImageError(f"{path}: corrupt image header ({one_line(exc)})") from exc
     try:
         check_image(image, data)
     except ValueError as exc:
@@ -164,7 +165,7 @@ def _load(image: Image.Image, path: Path) -> None:
     try:
         image.load()
     except Exception as exc:  # OSError for truncation, others for corrupt streams
-        raise ImageError(f"{path}: truncated or corrupt image data ({_one_line(exc)})") from exc
+        raise ImageError(f"{path}: truncated or corrupt image data ({one_line(exc)})") from exc
 
 
 def decode_image(data: bytes, path: Path) -> np.ndarray:
@@ -196,7 +197,7 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     except ValueError as exc:  # a truncation warning from pillow_warnings
         raise ImageError(f"{path}: {exc}") from exc
     except Exception as exc:  # crafted files make Pillow raise TypeError, struct.error, ... from anywhere
-        raise ImageError(f"{path}: corrupt image ({_one_line(exc)})") from exc
+        raise ImageError(f"{path}: corrupt image ({one_line(exc)})") from exc
 
 
 def _decode(data: bytes, path: Path) -> np.ndarray:
@@ -326,7 +327,7 @@ def _decode_wide(data: bytes, image: Image.Image) -> tuple[np.ndarray | None, st
             high, low = (first, second) if order == "B" else (second, first)
             words = (high * 256 + low)[:, :, :3 if kind == "RGBX" else None]
     except Exception as exc:  # any failure: let Pillow's plain decode decide
-        return None, f"16-bit colour decoded at 8-bit precision ({_one_line(exc)})"
+        return None, f"16-bit colour decoded at 8-bit precision ({one_line(exc)})"
     return words.astype(np.float32) / 65535.0, None
 
 
@@ -348,11 +349,6 @@ def _decode_with_rawmode(data: bytes, rawmode: str) -> np.ndarray:
     image.tile = tiles
     image.load()
     return np.asarray(image)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 # ===================================================================== writing

@@ -50,6 +50,7 @@ from .fitted import FittedModel
 from .sizes import TILE, check_tile_offset, check_tile_size
 from .spec import MODES, SCOPES, FitSpec
 from .version import __version__
+from .validate import one_line
 
 __all__ = ["ModelFileError", "save_model", "load_model", "read_model_file", "read_model_arrays", "fitted_from_arrays",
            "model_file_bytes", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -197,7 +198,7 @@ def fitted_from_arrays(path, arrays: dict[str, np.ndarray], meta: dict, spec: Fi
         fitted = FittedModel(model, (meta["height"], meta["width"]), meta["mode"], meta["scope"],
                              tuple(meta["tile_offset"]), spec, meta["tile"])
     except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: {_one_line(exc)}") from exc
+        raise ModelFileError(f"{path}: {one_line(exc)}") from exc
     return fitted
 
 
@@ -251,7 +252,7 @@ def _stored_spec(path: Path, meta: dict) -> FitSpec | None:
     try:
         return FitSpec.from_dict(meta["spec"])
     except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: the stored fit spec is invalid ({_one_line(exc)})") from exc
+        raise ModelFileError(f"{path}: the stored fit spec is invalid ({one_line(exc)})") from exc
 
 
 def _fail(path: Path, problem: str) -> ModelFileError:
@@ -345,7 +346,7 @@ def _parse_meta(path: Path, raw: np.ndarray) -> dict:
     try:
         meta = load_json(text)
     except ValueError as exc:
-        raise _fail(path, f"metadata is not valid JSON ({_one_line(exc)})") from exc
+        raise _fail(path, f"metadata is not valid JSON ({one_line(exc)})") from exc
     if not isinstance(meta, dict):
         raise _fail(path, "metadata must be a JSON object")
 
@@ -427,8 +428,3 @@ def _is_int(value) -> bool:
 
 def _is_positive_int(value) -> bool:
     return _is_int(value) and value > 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -60,3 +60,9 @@ def check_area_power(area_power) -> None:
     if not (is_real(area_power) and 0 <= area_power <= 1):
         raise ValueError(f"area_power must be a number between 0 (the same kernel count in every segment) and 1 "
                          f"(kernel counts proportional to segment area), got {area_power!r}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name if it has none), for one-line errors."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
