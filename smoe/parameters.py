@@ -96,19 +96,19 @@ class KernelLeaves:
 
     def keep(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Drop the kernels not in the boolean mask ``keep`` (L,), from the leaves and from Adam's state."""
-        self._replace(optimizer, lambda old: old.detach()[keep], lambda v: v[keep])
+        self._replace(optimizer, lambda i, old: old.detach()[keep], lambda v: v[keep])
 
     def extend(self, model, optimizer: torch.optim.Optimizer) -> None:
         """Append the kernels of ``model`` with fresh (zero) Adam moments."""
-        new = [model.mu, to_log_chol(model.chol), model.pi, model.experts]
-        added = {id(g["params"][0]): n.to(g["params"][0]) for g, n in zip(optimizer.param_groups, new)}
-        self._replace(optimizer, lambda old: torch.cat([old.detach(), added[id(old)]]),
+        added = [model.mu, to_log_chol(model.chol), model.pi, model.experts]  # in the order of GROUPS
+        self._replace(optimizer, lambda i, old: torch.cat([old.detach(), added[i].to(old)]),
                       lambda v: torch.cat([v, v.new_zeros((len(model),) + v.shape[1:])]))
 
     def _replace(self, optimizer, leaf, moment) -> None:
-        for group in optimizer.param_groups:
+        """Put ``leaf(group index, old leaf)`` in each group's place, its Adam moments mapped by ``moment``."""
+        for i, group in enumerate(optimizer.param_groups):
             old = group["params"][0]
-            new = leaf(old).clone().requires_grad_()
+            new = leaf(i, old).clone().requires_grad_()
             state = optimizer.state.pop(old, None)
             if state is not None:
                 optimizer.state[new] = {k: (moment(v) if torch.is_tensor(v) and v.dim() > 0 else v)

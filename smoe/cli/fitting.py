@@ -45,8 +45,9 @@ def _add_fit_options(p) -> None:
                    help="regression function: 'smoe' gated mixture, 'rbf' weighted sum of Gaussians "
                         "(default: %(default)s)")
     p.add_argument("--scope", choices=SCOPES, default=defaults.scope,
-                   help="'raster': each tile (16x16, see --tile-size) sums only the kernels that reach it (fast); 'global': every "
-                        "kernel acts on every pixel (cost grows with kernels x pixels) (default: %(default)s)")
+                   help="'raster': each tile (16x16, see --tile-size) sums only the kernels that reach it (fast); "
+                        "'global': every kernel acts on every pixel (cost grows with kernels x pixels) "
+                        "(default: %(default)s)")
     p.add_argument("--tile-size", type=_tile_size, default=defaults.tile_size, metavar="PX",
                    help="side of the raster tiles: 4, 8, 16, 32 or 64 pixels (default: %(default)s)")
     p.add_argument("--iters", type=_positive_int, default=defaults.iters, metavar="N",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..validate import check_finite
 from .registry import require_budget, round_kernels
 
 
@@ -49,11 +50,12 @@ def sample_kernels(density: np.ndarray, n: int, image: np.ndarray, rng: np.rando
     """
     h, w = density.shape
     p = density.ravel().astype(np.float64)
+    p /= p.sum()
     n = min(n, int(np.count_nonzero(p)))
-    idx = rng.choice(h * w, size=n, replace=False, p=p / p.sum())
+    idx = rng.choice(h * w, size=n, replace=False, p=p)
     rows, cols = np.divmod(idx, w)
     centres = np.stack([cols + rng.random(n), rows + rng.random(n)], 1)
-    spacing = 1.0 / np.sqrt((total or n) * p[idx] / p.sum())
+    spacing = 1.0 / np.sqrt((total or n) * p[idx])
     sigma = np.clip(bandwidth * spacing, 0.7, 12.0).astype(np.float32)
     return round_kernels(centres, sigma, image)
 
@@ -82,8 +84,6 @@ def content_init(image: np.ndarray, n_kernels: int, *, rng: np.random.Generator,
     50
     """
     n_kernels = require_budget("content", n_kernels)
-    if not (np.isfinite(floor) and floor > 0):
-        raise ValueError(f"floor must be a positive share of the mean density, got {floor}")
-    if not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be a positive number of kernel spacings, got {bandwidth}")
+    check_finite("floor (a share of the mean density)", floor, low=0, low_open=True)
+    check_finite("bandwidth (kernel spacings)", bandwidth, low=0, low_open=True)
     return sample_kernels(detail_map(image, floor=floor), n_kernels, image, rng, bandwidth=bandwidth)

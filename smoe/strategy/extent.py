@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import CHI2_99, precision_from_chol
+from ..model import CHI2_99, bounding_radius, precision_from_chol
 from ..parameters import to_log_chol
 from .base import FitState, Strategy
 
@@ -27,15 +27,14 @@ def bound_precision(chol: torch.Tensor, max_radius: float) -> tuple[torch.Tensor
     Each eigenvalue of the precision below ``chi2_99 / max_radius^2`` is raised
     to it, the eigenvectors kept: an axis within the bound is untouched.
     """
-    # float64: recovering b00 from p00 - b10^2 cancels badly in float32 for elongated kernels
-    P = precision_from_chol(chol.double())
-    lam, vec = torch.linalg.eigh(P)
-    floor = CHI2_99 / max_radius ** 2
-    index = torch.nonzero(lam[:, 0] < floor).squeeze(1)
+    # The closed-form radius picks the few kernels to change; the eigendecomposition of all of them
+    # would cost a sixth of a fit step.
+    index = torch.nonzero(bounding_radius(chol) > max_radius).squeeze(1)
     if index.numel() == 0:
         return index, chol[:0]
-    lam, vec = lam[index].clamp(min=floor), vec[index]
-    P = vec @ torch.diag_embed(lam) @ vec.transpose(1, 2)
+    # float64: recovering b00 from p00 - b10^2 cancels badly in float32 for elongated kernels
+    lam, vec = torch.linalg.eigh(precision_from_chol(chol[index].double()))
+    P = vec @ torch.diag_embed(lam.clamp(min=CHI2_99 / max_radius ** 2)) @ vec.transpose(1, 2)
     # P = B^T B with B = [[b00, 0], [b10, b11]]: p11 = b11^2, p01 = b10 b11, p00 = b00^2 + b10^2.
     b11 = P[:, 1, 1].sqrt()
     b10 = P[:, 0, 1] / b11
@@ -44,7 +43,7 @@ def bound_precision(chol: torch.Tensor, max_radius: float) -> tuple[torch.Tensor
 
 
 class BoundExtent(Strategy):
-    """After every step, shorten the major axis of each kernel reaching beyond ``max_radius`` px."""
+    """After every step, shorten the axes of each kernel that reach beyond ``max_radius`` px."""
 
     def __init__(self, max_radius: float):
         self.max_radius = float(max_radius)

@@ -57,12 +57,12 @@ class GrowByError(Strategy):
         residual = target - state.render.detach().cpu().numpy()
         energy = ndimage.gaussian_filter(np.square(residual).sum(axis=2), 1.0) + 1e-12
         grown = sample_kernels(energy, k, target, self.rng, total=len(state.leaves) + k)
-        rows = np.clip(grown.mu[:, 1].long().numpy(), 0, target.shape[0] - 1)
-        cols = np.clip(grown.mu[:, 0].long().numpy(), 0, target.shape[1] - 1)
         pi, experts = grown.pi, grown.experts
         if state.mode == "smoe":
             live = state.leaves.pi.detach()
             pi = torch.full_like(pi, float(live[live > 0].median()) if (live > 0).any() else 1.0)
         else:
+            rows = np.clip(grown.mu[:, 1].long().numpy(), 0, target.shape[0] - 1)
+            cols = np.clip(grown.mu[:, 0].long().numpy(), 0, target.shape[1] - 1)
             experts = torch.from_numpy(residual[rows, cols]).to(experts)
         return Model.unchecked(grown.mu, grown.chol, pi, experts)
