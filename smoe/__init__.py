@@ -30,6 +30,7 @@ _EXPORTS = {
     "denoise": "denoising",
     "upscale": "superres",
     "mdbscan": "segment",
+    "encode": "codec", "decode": "codec", "codec": None,
     "initializers": None,
     "metrics": None,
     "rasterizer": None,
@@ -38,7 +39,7 @@ _EXPORTS = {
 __all__ = [
     "Model", "FittedModel", "FitSpec", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",
     "read_image", "write_image", "save_model", "load_model", "read_model_file", "denoise", "upscale", "mdbscan",
-    "initializers", "metrics", "rasterizer", "__version__",
+    "encode", "decode", "codec", "initializers", "metrics", "rasterizer", "__version__",
 ]
 
 

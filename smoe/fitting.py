@@ -130,7 +130,7 @@ def _progress(total: int, quiet: bool):
 
 
 def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = None, init: str | Model | None = None,
-        backend: str = "auto", quiet: bool = True, callback=None, **fields) -> FitResult:
+        backend: str = "auto", quiet: bool = True, callback=None, strategies: tuple = (), **fields) -> FitResult:
     """Fit a kernel model to an image.
 
     Parameters
@@ -153,6 +153,9 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
         False shows a progress bar (iteration, PSNR, kernels, it/s).
     callback : callable, optional
         Called with each history record as it is logged.
+    strategies : sequence of Strategy
+        Run after the spec's own (:func:`smoe.strategy.strategies_for`); the
+        codec's quantizer is one.  The spec does not record them.
     **fields
         Other :class:`~smoe.spec.FitSpec` fields: ``mode``, ``scope``,
         ``init_options``, ``seed``, ``tile_offset``, ``iters``, learning rates,
@@ -205,7 +208,7 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     leaves = KernelLeaves(start.to(device=target.device))
     opt = leaves.optimizer(learning_rates(spec))
     decay = decay_factor(spec.lr_mu, spec.lr_mu_final, spec.iters)
-    strategies = strategies_for(spec, len(start), (h, w))
+    strategies = strategies_for(spec, len(start), (h, w)) + list(strategies)
 
     history: list[dict] = []
     bar = _progress(spec.iters, quiet)
@@ -214,8 +217,8 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     it = 0
     try:
         for it in range(1, spec.iters + 1):
-            out = rasterize(leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts, h, w, mode=mode, scope=scope,
-                            tile_offset=tile_offset, backend=backend, tile=tile)
+            out = rasterize(*_view(strategies, leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts), h, w,
+                            mode=mode, scope=scope, tile_offset=tile_offset, backend=backend, tile=tile)
             mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
             loss = mse + spec.lam * torch.clamp(leaves.pi, min=0).sum() if spec.lam > 0 else mse
             if float(loss.detach()) < best:
@@ -269,9 +272,10 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     # Adam can end on a spike: return the last parameters unless an earlier
     # iterate had a lower loss.
     model = leaves.model()
-    mse = _mse(model, target, mode, scope, tile_offset, tile, backend)
+    mse = _mse(_viewed(strategies, model), target, mode, scope, tile_offset, tile, backend)
     if _loss(model, mse, spec.lam) >= best:
-        model, mse = best_model, _mse(best_model, target, mode, scope, tile_offset, tile, backend)
+        model = best_model
+        mse = _mse(_viewed(strategies, best_model), target, mode, scope, tile_offset, tile, backend)
     else:
         best_steps = it
     if mode == "smoe":
@@ -318,6 +322,17 @@ def neighbour_correlation(residual: torch.Tensor) -> float:
     across = float((residual[:, 1:] * residual[:, :-1]).mean()) if residual.shape[1] > 1 else 0.0
     down = float((residual[1:] * residual[:-1]).mean()) if residual.shape[0] > 1 else 0.0
     return (across + down) / (2 * energy)
+
+
+def _view(strategies, *params):
+    for strategy in strategies:
+        params = strategy.view(*params)
+    return params
+
+
+def _viewed(strategies, model: Model) -> Model:
+    with torch.no_grad():
+        return Model.unchecked(*_view(strategies, model.mu, model.chol, model.pi, model.experts))
 
 
 def _snapshot(model: Model) -> Model:

@@ -50,6 +50,9 @@ MEMORY_CAP = 3 << 29  # 1.5 GiB
 CASE_SECONDS = 10.0
 #: Cases per worker subprocess.
 BATCH = 500
+#: A decoder of bitstreams from strangers may add no more than this to its address space, nor take longer per file.
+BITSTREAM_MEMORY_CAP = 500 << 20
+BITSTREAM_CASE_SECONDS = 2.0
 
 
 # ================================================================ zip building
@@ -419,6 +422,95 @@ def _patch_dimensions(data: bytes, rng: random.Random) -> bytes:
     return flip_bytes(data, rng)
 
 
+# ================================================================= bitstreams
+def base_bitstreams() -> list[bytes]:
+    """Small valid bitstreams (RGB and grey, SMoE and RBF) of random quantized kernels."""
+    from smoe.codec.bitstream import Header, write_bitstream
+    from smoe.codec.quantizer import Steps, quantize
+
+    out = []
+    for i, (channels, mode, n) in enumerate([(3, "smoe", 40), (1, "smoe", 25), (3, "rbf", 30), (3, "smoe", 1)]):
+        g = np.random.default_rng(i)
+        h, w = 24 + 8 * i, 40 - 4 * i
+        arrays = {"mu": g.uniform(-2, [w + 2, h + 2], (n, 2)), "pi": g.uniform(0.2, 1.5, n),
+                  "chol": np.stack([g.uniform(0.1, 1, n), g.uniform(-0.3, 0.3, n), g.uniform(0.1, 1, n)], 1),
+                  "experts": g.uniform(0, 1, (n, channels))}
+        steps = Steps()
+        header = Header((h, w), channels, mode, "raster", 16, (0, i), n, steps)
+        out.append(write_bitstream(header, quantize(arrays, (h, w), mode, steps))[0])
+    return out
+
+
+def _with_crc(data: bytes) -> bytes:
+    """``data`` with its last four bytes replaced by the CRC-32 of the rest, so the checks behind the CRC run."""
+    return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4])) if len(data) >= 4 else data
+
+
+def _sections(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each section of a valid bitstream."""
+    spans, at = [], 48
+    while at + 5 <= len(data) - 4:
+        length = struct.unpack("<I", data[at + 1:at + 5])[0]
+        spans.append((at, at + 5 + length))
+        at += 5 + length
+    return spans
+
+
+def _splice(data: bytes, other: bytes, rng: random.Random) -> bytes:
+    """A section of ``data`` replaced by a section of ``other`` (or dropped, or doubled)."""
+    mine, theirs = _sections(data), _sections(other)
+    a, b = mine[rng.randrange(len(mine))]
+    choice = rng.randrange(3)
+    if choice == 0:
+        c, d = theirs[rng.randrange(len(theirs))]
+        return data[:a] + other[c:d] + data[b:]
+    return data[:a] + (b"" if choice == 1 else data[a:b] * 2) + data[b:]
+
+
+def _patch_bitstream_header(data: bytes, rng: random.Random) -> bytes:
+    field = rng.choice([(4, 1), (5, 1), (6, 1), (7, 1), (8, 4), (12, 4), (16, 1), (17, 1), (19, 1), (20, 4),
+                        (24 + 4 * rng.randrange(6), 4)])
+    at, size = field
+    value = rng.choice([0, 1, 2, 3, 17, 255, 65535, 2**24, 2**31 - 1, 2**32 - 1]) % (1 << (8 * size))
+    if at >= 24 and rng.random() < 0.5:
+        return data[:at] + struct.pack("<f", rng.choice([0.0, -1.0, 1e-9, 1e9, float("nan"), float("inf"), 20.0]))\
+            + data[at + 4:]
+    return patch_int(data, at, size, value)
+
+
+_BITSTREAM_RECIPES = (
+    lambda data, other, rng: flip_bytes(data, rng),
+    lambda data, other, rng: _with_crc(flip_bytes(data, rng, count=rng.randint(1, 4))),
+    lambda data, other, rng: truncate(data, rng),
+    lambda data, other, rng: _with_crc(truncate(data, rng)),
+    lambda data, other, rng: _with_crc(_cut(data, rng)),
+    lambda data, other, rng: _with_crc(_splice(data, other, rng)),
+    lambda data, other, rng: _with_crc(_patch_bitstream_header(data, rng)),
+    lambda data, other, rng: _with_crc(data[:48] + bytes(rng.randrange(256) for _ in range(rng.randint(0, 400)))),
+)
+
+
+def mutate_bitstream(seed: int, bases: list) -> bytes:
+    """The bitstream of fuzz case ``seed``: one recipe of :data:`_BITSTREAM_RECIPES` (most keep the CRC valid)."""
+    rng = random.Random(seed)
+    data, other = bases[seed % len(bases)], bases[(seed // len(bases)) % len(bases)]
+    return _BITSTREAM_RECIPES[rng.randrange(len(_BITSTREAM_RECIPES))](data, other, rng)
+
+
+def _check_bitstream(path: Path) -> str:
+    from smoe.codec import BitstreamError, decode, read_file
+
+    try:
+        fitted = decode(read_file(path), str(path))
+    except BitstreamError as exc:
+        return _clean(exc, path)
+    h, w = fitted.frame
+    if h * w <= 1 << 16:
+        pixels = fitted.render()
+        assert np.isfinite(pixels).all(), "accepted bitstream renders non-finite pixels"
+    return "valid"
+
+
 # ==================================================================== running
 def _check_model(path: Path) -> str:
     import torch
@@ -460,6 +552,12 @@ def _check_image(path: Path) -> str:
     return "valid"
 
 
+def _warm_up(data: bytes) -> Path:
+    path = Path(tempfile.mkdtemp()) / "warm.smoe"
+    path.write_bytes(data)
+    return path
+
+
 def _clean(exc: Exception, path: Path) -> str:
     text = str(exc)
     assert "\n" not in text, f"message of more than one line: {text!r}"
@@ -477,25 +575,31 @@ def _on_alarm(signum, frame):
 
 def worker(kind: str, start: int, count: int) -> None:
     """Run cases ``start .. start + count - 1`` of ``kind``; print one JSON line per case."""
-    for module in ("smoe.imageio", "smoe.modelfile", "smoe.rasterizer"):  # before the cap: part of the baseline
+    for module in ("smoe.imageio", "smoe.modelfile", "smoe.rasterizer", "smoe.codec"):  # part of the baseline
         importlib.import_module(module)
 
-    bases = [base_members(i) for i in range(4)] if kind == "model" else base_images()
-    mutate, check = (mutate_model, _check_model) if kind == "model" else (mutate_image, _check_image)
+    bases, mutate, check, cap, limit, suffix = {
+        "model": lambda: ([base_members(i) for i in range(4)], mutate_model, _check_model, MEMORY_CAP, CASE_SECONDS,
+                          ".npz"),
+        "image": lambda: (base_images(), mutate_image, _check_image, MEMORY_CAP, CASE_SECONDS, ".img"),
+        "bitstream": lambda: (base_bitstreams(), mutate_bitstream, _check_bitstream, BITSTREAM_MEMORY_CAP,
+                              BITSTREAM_CASE_SECONDS, ".smoe"),
+    }[kind]()
+    if kind == "bitstream":
+        check(_warm_up(bases[0]))  # first decode and render compile and load what every later one reuses
     mapped = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + MEMORY_CAP, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + cap, resource.RLIM_INFINITY))
     signal.signal(signal.SIGALRM, _on_alarm)
-    suffix = ".npz" if kind == "model" else ".img"
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(start, start + count):
             path = Path(tmp) / f"case{seed}{suffix}"
             path.write_bytes(mutate(seed, bases))
             began = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
+            signal.setitimer(signal.ITIMER_REAL, limit)
             try:
                 outcome, detail = check(path), ""
             except _CaseTimeout:
-                outcome, detail = "failure", f"took more than {CASE_SECONDS} s"
+                outcome, detail = "failure", f"took more than {limit} s"
             except BaseException as exc:  # noqa: BLE001  anything else is what the fuzzing looks for
                 outcome, detail = "failure", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             finally:
@@ -545,7 +649,8 @@ def _count(summary: dict, row: dict) -> None:
 
 def _campaign() -> int:
     totals = {"model": int(os.environ.get("SMOE_FUZZ_CASES", 20000)),
-              "image": int(os.environ.get("SMOE_FUZZ_IMAGES", os.environ.get("SMOE_FUZZ_CASES", 5000)))}
+              "image": int(os.environ.get("SMOE_FUZZ_IMAGES", os.environ.get("SMOE_FUZZ_CASES", 5000))),
+              "bitstream": int(os.environ.get("SMOE_FUZZ_BITSTREAMS", 50000))}
     failed = 0
     for kind, cases in totals.items():
         began = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Fuzzing in CI: 2 000 mutated model files and 1 000 mutated images, fixed seeds.
+"""Fuzzing in CI: 2 000 mutated model files, 1 000 mutated images and 10 000 mutated bitstreams, fixed seeds.
 
 Each case (see :mod:`fuzzing` for the mutations) must load as a valid result
 or fail with the documented error (``ModelFileError`` / ``ImageError``, one
@@ -14,7 +14,7 @@ import pytest
 import fuzzing
 
 
-@pytest.mark.parametrize("kind,cases", [("model", 2000), ("image", 1000)])
+@pytest.mark.parametrize("kind,cases", [("model", 2000), ("image", 1000), ("bitstream", 10_000)])
 def test_mutated_files_give_a_valid_result_or_the_documented_error(kind, cases):
     summary = fuzzing.run(kind, cases, first=1_000_000)
     assert summary["cases"] == cases

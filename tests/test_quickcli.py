@@ -26,7 +26,7 @@ def _run(*args: str) -> tuple[int, list[str]]:
     return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-COMMANDS = ["fit", "fit-batch", "render", "eval", "info", "denoise", "upscale", "segment"]
+COMMANDS = ["fit", "fit-batch", "render", "eval", "info", "denoise", "upscale", "segment", "encode", "decode"]
 
 
 @pytest.mark.parametrize("args", [["--help"], *([c, "--help"] for c in COMMANDS)])
@@ -36,6 +36,9 @@ def test_help_loads_no_heavy_module(args):
 
 #: Bad arguments, and inputs found missing before any work: each is refused before torch loads.
 BAD_ARGUMENTS = [
+    "encode x.png -o y.smoe --bpp 0", "encode x.png -o y.smoe --bpp 25", "encode x.png -o y.smoe --bpp 1 --kernels 3",
+    "encode x.png -o y.smoe", "encode x.png -o y.smoe --bpp nan", "encode /no/such/image.png -o y.smoe --bpp 1",
+    "decode /no/such/file.smoe -o x.png", "decode x.smoe -o y.png --scale 0",
     "fit --iters -3 x.png", "fit --mode foo", "fit --lam 1 --mode rbf /no/such/image.png", "fit /no/such/image.png",
     "fit-batch --workers 2 --scheduler tcp://host:1 a.png", "render", "render /no/such/model.npz -o x.png",
     "info", "info /no/such/model.npz", "eval /no/such/a.png /no/such/b.png",
@@ -113,3 +116,12 @@ def test_numpy_kernel_facts_equal_torch(dtype):
 
 def test_bandwidth_of_no_kernels_is_none():
     assert kernelfacts.bandwidth(np.zeros((0, 3), np.float32)) is None
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_info_of_a_bitstream_loads_no_heavy_module(tmp_path, json_flag):
+    import fuzzing
+
+    path = tmp_path / "b.smoe"
+    path.write_bytes(fuzzing.base_bitstreams()[0])
+    assert _run("info", *json_flag, str(path)) == (0, [])

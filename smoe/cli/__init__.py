@@ -3,7 +3,8 @@
 ``smoe fit IMAGE`` fits a model and writes it with its reconstruction, metrics
 and figures; ``smoe render MODEL`` draws a saved model at any resolution;
 ``smoe eval REF IMAGE`` compares two images; ``smoe info MODEL`` describes a
-model file.  Each subcommand is registered in :data:`COMMANDS` by a function
+model file; ``smoe encode`` and ``smoe decode`` compress an image into a
+bitstream and back.  Each subcommand is registered in :data:`COMMANDS` by a function
 that adds its parser, so new ones (segment, denoise, upscale, ...) plug in
 without touching the others.
 
@@ -27,7 +28,7 @@ from typing import Callable
 
 from ..memory import is_out_of_memory
 from ..version import __version__
-from . import fitting, models, tasks
+from . import codec, fitting, models, tasks
 from .options import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["main", "COMMANDS", "CliError"]
@@ -158,7 +159,9 @@ COMMANDS: dict[str, tuple[str, Callable]] = {
     "fit-batch": ("fit many images, in parallel or on a Dask cluster", fitting._add_fit_batch),
     "render": ("render a saved model at any resolution", models._add_render),
     "eval": ("compare an image with a reference", models._add_eval),
-    "info": ("describe a model file", models._add_info),
+    "info": ("describe a model file or bitstream", models._add_info),
+    "encode": ("compress an image into an SMoE bitstream", codec._add_encode),
+    "decode": ("decode an SMoE bitstream to an image", codec._add_decode),
     "denoise": ("denoise an image with averaged shifted models (MM-RSMoE)", tasks._add_denoise),
     "upscale": ("fit an image and render it larger (super-resolution)", tasks._add_upscale),
     "segment": ("MDBSCAN segmentation of an image, as a picture", tasks._add_segment),

@@ -114,13 +114,20 @@ def _add_info(p) -> None:
     p.description = ("Print what a model file holds: kernel count, channels, mode, scope, the size "
                      "of the image it was fitted on, format and writer version, kernels per tile, kernel "
                      "bandwidths and the fit settings.")
-    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz)")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz) or bitstream "
+                   "written by 'smoe encode' (.smoe): size, kernels, bits per kernel, section sizes")
     _add_json_flag(p)
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args) -> int:
+    from ..codec import is_bitstream
     from ..modelfile import read_model_arrays
+
+    if is_bitstream(args.model):
+        from .codec import _print_bitstream_info
+
+        return _print_bitstream_info(args.model, args.json)
 
     arrays, meta, spec = read_model_arrays(args.model)
     facts = _model_facts(arrays, meta, spec)

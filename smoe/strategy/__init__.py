@@ -10,10 +10,13 @@ sees the :class:`FitState` and may move, add or remove kernels through it:
   and adds kernels where the residual is largest (``grow_start``, and
   ``--target-psnr`` without ``-n``);
 * :class:`~smoe.strategy.prune.PruneDead`: removes SMoE kernels whose gate
-  reached zero (``prune_every``).
+  reached zero (``prune_every``);
+* :class:`~smoe.strategy.quantize.QuantizeStraightThrough`: renders through the
+  codec's rounding (its :meth:`~Strategy.view`), for the encoder's fine-tuning.
 
 :func:`strategies_for` builds the list a :class:`smoe.spec.FitSpec` asks for,
-in that order, so a spec alone decides a fit.
+in that order, so a spec alone decides a fit; the quantizer is passed to
+:func:`smoe.fit` by the codec, which records its steps in the bitstream.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from .base import FitState, Strategy
 from .extent import BoundExtent
 from .growth import GrowByError
 from .prune import PruneDead
+from .quantize import QuantizeStraightThrough
 
-__all__ = ["FitState", "Strategy", "BoundExtent", "GrowByError", "PruneDead", "strategies_for"]
+__all__ = ["FitState", "Strategy", "BoundExtent", "GrowByError", "PruneDead", "QuantizeStraightThrough", "strategies_for"]
 
 #: Growth events a fit's ``iters`` must leave room for, at least twice the 7 that a quarter of the budget
 #: needs to grow to all of it at 25 % per event.

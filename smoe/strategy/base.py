@@ -32,7 +32,16 @@ class FitState:
 
 
 class Strategy:
-    """Changes the model between gradient steps; subclasses override :meth:`after_step`."""
+    """Changes the model between gradient steps; subclasses override :meth:`after_step` (and :meth:`view`)."""
+
+    def view(self, mu, chol, pi, experts):
+        """The parameters the fit renders, given the kernels' own (identity unless overridden).
+
+        A quantizer renders through its rounding here, so the loss is that of
+        the model a decoder will see while the gradient still moves the
+        kernels' own parameters.
+        """
+        return mu, chol, pi, experts
 
     def after_step(self, state: FitState) -> None:
         """Called after every optimizer step, in the order the strategies were given."""
