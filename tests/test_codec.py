@@ -1,6 +1,5 @@
 """The codec: quantizer parity, entropy and centre coding round trips, the bitstream's checks, rate control, CLI."""
 
-import dataclasses
 import json
 import struct
 import subprocess
@@ -19,7 +18,6 @@ from smoe.codec.encoder import check_rate
 from smoe.codec.entropy import Decoder, Encoder, fit_model
 from smoe.codec.positions import decode_centres, encode_centres, morton, unmorton
 from smoe.codec.quantizer import Steps, dequantize, quantize, quantize_view, symbol_names
-from smoe.fitted import FittedModel
 
 
 def _arrays(n=60, h=24, w=40, channels=3, seed=0):
