@@ -2,7 +2,7 @@
 
 Every case starts from a small valid file written by smoe itself (a model by
 :func:`smoe.save_model`, an image by :func:`smoe.imageio.write_image` or
-Pillow) and is mutated by one recipe chosen by the case's seed: byte flips,
+Pillow, a bitstream by :func:`smoe.codec.bitstream.write_bitstream`) and is mutated by one recipe chosen by the case's seed: byte flips,
 truncation, patched zip / ``.npy`` / image header fields, zip bombs, deep or
 huge JSON, absurd parameter values, and so on.  A case passes when loading it
 gives a valid result (a model or image that renders / holds finite values
@@ -13,11 +13,13 @@ the memory cap) is a failure.
 
 Cases run in batches in worker subprocesses whose address space is capped
 (:data:`MEMORY_CAP` above the worker's size after importing smoe) with a time
-limit per case (:data:`CASE_SECONDS`).
+limit per case (:data:`CASE_SECONDS`; bitstreams, which strangers send to a
+decoder, under the tighter :data:`BITSTREAM_MEMORY_CAP` and
+:data:`BITSTREAM_CASE_SECONDS`).
 
 Long campaign, before a release::
 
-    SMOE_FUZZ_CASES=20000 SMOE_FUZZ_IMAGES=5000 python tests/fuzzing.py campaign
+    SMOE_FUZZ_CASES=20000 SMOE_FUZZ_IMAGES=5000 SMOE_FUZZ_BITSTREAMS=50000 python tests/fuzzing.py campaign
 
 prints cases / valid / clean errors / failures per kind, the slowest case and
 the first failures.

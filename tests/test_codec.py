@@ -232,3 +232,13 @@ def test_cli_refuses_a_corrupt_bitstream_and_writes_nothing(tmp_path):
     assert not (tmp_path / "x.png").exists()
     done = _cli("decode", bad, "-o", tmp_path / "y.png", "--scale", 1e6)
     assert done.returncode == 2 and not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.parametrize("channels,mode", [(3, "smoe"), (1, "smoe"), (3, "rbf")])
+def test_an_empty_model_codes_into_the_fixed_overhead_and_back(channels, mode):
+    from smoe.codec.bitstream import overhead_bytes
+
+    header = Header((10, 12), channels, mode, "raster", 16, (0, 0), 0, Steps())
+    data = write_bitstream(header, np.zeros((0, len(header.names)), np.int64))[0]
+    assert len(data) == overhead_bytes(channels, mode)
+    assert len(decode(data).model) == 0

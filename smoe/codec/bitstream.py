@@ -32,7 +32,7 @@ from .positions import MAX_AXIS_BITS, decode_centres, encode_centres, morton, un
 from .quantizer import Steps, grid_size, symbol_names
 
 __all__ = ["MAGIC", "VERSION", "Header", "BitstreamError", "write_bitstream", "read_bitstream", "SECTIONS",
-           "KERNELS_PER_BYTE"]
+           "KERNELS_PER_BYTE", "overhead_bytes"]
 
 MAGIC = b"SMoE"
 #: The bitstream version this code writes and the newest it reads.
@@ -74,6 +74,13 @@ class Header:
         names = self.names
         return [(i, name, tuple(s for s in symbols if s in names)) for i, (name, symbols) in SECTIONS.items()
                 if any(s in names for s in symbols)]
+
+
+def overhead_bytes(channels: int, mode: str) -> int:
+    """Bytes of a stream that are not coded symbols: header, CRC, section heads and stored models."""
+    sections = Header((1, 1), channels, mode, "raster", 16, (0, 0), 0, Steps()).sections()
+    models = sum(1 if name == "centres" else len(columns) for _, name, columns in sections)
+    return _HEADER.size + _CRC.size + len(sections) * _SECTION.size + models * MODEL_BYTES
 
 
 def write_bitstream(header: Header, symbols: np.ndarray) -> tuple[bytes, dict[str, int]]:

@@ -212,7 +212,8 @@ def quantize_view(mu, chol, pi, experts, frame: tuple[int, int], mode: str, step
     """
     torch = _torch()
     nx, ny = grid_size(frame, steps.position)
-    hi = torch.tensor([(nx - 1) * steps.position - MARGIN, (ny - 1) * steps.position - MARGIN], dtype=mu.dtype)
+    hi = torch.tensor([(nx - 1) * steps.position - MARGIN, (ny - 1) * steps.position - MARGIN], dtype=mu.dtype,
+                      device=mu.device)
     mu_q = _ste_round((torch.minimum(mu.clamp(min=-MARGIN), hi) + MARGIN) / steps.position) * steps.position - MARGIN
     d0 = _ste_round(chol[:, 0].log() / steps.log_diag) * steps.log_diag
     d1 = _ste_round(chol[:, 2].log() / steps.log_diag) * steps.log_diag
