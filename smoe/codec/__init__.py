@@ -76,9 +76,14 @@ def decode(data: bytes, name: str = "bitstream"):
 
 def is_bitstream(path) -> bool:
     """True if the file at ``path`` starts with the bitstream's magic bytes (False if it cannot be read)."""
+    import os
+    import stat
+
     from .bitstream import MAGIC
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block open(); its reader refuses it
+            return False
         with open(path, "rb") as handle:
             return handle.read(len(MAGIC)) == MAGIC
     except OSError:
