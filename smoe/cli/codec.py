@@ -71,17 +71,14 @@ def _add_decode(p) -> None:
 
 def _run_decode(args) -> int:
     from ..codec import decode, read_file
-    from ..codec.bitstream import read_bitstream
     from ..sizes import output_size
 
-    data = read_file(args.bitstream)
-    header = read_bitstream(data, args.bitstream)[0]
-    h, w = output_size(header.frame, scale=args.scale, size=args.size)  # refused before any output exists
+    fitted = decode(read_file(args.bitstream), args.bitstream)
+    h, w = output_size(fitted.frame, scale=args.scale, size=args.size)  # refused before any output exists
     out = Path(args.output)
     with _removed_on_failure(_prepare_output_file(out)):
         from ..imageio import write_image
 
-        fitted = decode(data, args.bitstream)
         write_image(out, fitted.render(size=(h, w), sharpen=args.sharpen or 1.0))
     print(f"wrote {out} ({w}x{h}, {len(fitted.model)} kernels)")
     return EXIT_OK

@@ -173,7 +173,7 @@ def compress(image, *, bpp: float | None = None, kernels: int | None = None, tar
         kernels = check_kernel_count(kernels, h * w)
     fit_result = _fit(img, kernels, target_psnr, FIT_SHARE * seconds, seed, quiet)
     start = _trimmed(dataclasses.replace(fit_result.fitted, spec=None), steps,
-                     None if budget is None else int(TRIM_AIM * budget))
+                     None if budget is None else int(TRIM_AIM * budget))[0]
     float_psnr = _psnr(img, start)
     tuned = _finetune(img, start.model, fit_result.spec, steps, (1 - FIT_SHARE) * seconds, quiet)
     data, sizes, fitted = _encode(dataclasses.replace(tuned.fitted, spec=None), steps, budget)
@@ -210,13 +210,14 @@ def _encode(fitted, steps, budget):
     """Quantize and code ``fitted``, trimmed to ``budget`` bytes; returns data, sizes and the decoded model."""
     from . import decode
 
-    fitted = _trimmed(fitted, steps, budget)
-    data, sizes = _write(fitted, steps, quantize(fitted.model.numpy(), fitted.frame, fitted.mode, steps))
+    fitted, symbols = _trimmed(fitted, steps, budget)
+    data, sizes = _write(fitted, steps, symbols)
     return data, sizes, decode(data)
 
 
 def _trimmed(fitted, steps, budget):
-    """``fitted`` without the kernels that matter least, as few dropped as its stream needs to fit ``budget``."""
+    """``fitted`` without the kernels that matter least, as few dropped as its stream needs to fit ``budget``,
+    and the symbols of the kernels it keeps."""
     model = fitted.model.pruned() if fitted.mode == "smoe" else fitted.model
     arrays = model.numpy()
     symbols = quantize(arrays, fitted.frame, fitted.mode, steps)
@@ -237,8 +238,9 @@ def _trimmed(fitted, steps, budget):
     import torch
 
     idx = torch.from_numpy(keep)
-    return dataclasses.replace(fitted, model=type(model)(model.mu[idx], model.chol[idx], model.pi[idx],
+    kept = dataclasses.replace(fitted, model=type(model)(model.mu[idx], model.chol[idx], model.pi[idx],
                                                          model.experts[idx]))
+    return kept, symbols[keep]
 
 
 def _write(fitted, steps, symbols):
