@@ -28,10 +28,20 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+def _diagonal(width: int) -> tuple[int, ...]:
+    """Columns of a stored factor that hold B's diagonal: (b00, b10, b11) in 2D, (b00, b10, b11, b20, b21, b22) in 3D."""
+    return (0, 2) if width == 3 else (0, 2, 5)
+
+
 def to_log_chol(chol):
-    """(L, 3) Cholesky factors ``(b00, b10, b11)`` -> ``(log b00, b10, log b11)``; NumPy or torch."""
+    """(L, 3) Cholesky factors ``(b00, b10, b11)`` -> ``(log b00, b10, log b11)``; NumPy or torch.
+
+    Torch tensors may also be (L, 6) space-time factors (:mod:`smoe.video.model`), whose
+    diagonal ``b00, b11, b22`` goes to log space the same way.
+    """
     if isinstance(chol, torch.Tensor):
-        return torch.stack([chol[:, 0].log(), chol[:, 1], chol[:, 2].log()], 1)
+        diag = _diagonal(chol.shape[1])
+        return torch.stack([chol[:, i].log() if i in diag else chol[:, i] for i in range(chol.shape[1])], 1)
     chol = np.asarray(chol)
     return np.stack([np.log(chol[:, 0]), chol[:, 1], np.log(chol[:, 2])], 1).astype(chol.dtype, copy=False)
 
@@ -44,7 +54,8 @@ def from_log_chol(lc):
     keeps a kernel's value independent of its position in a batch.
     """
     if isinstance(lc, torch.Tensor):
-        return torch.stack([lc[:, 0].exp(), lc[:, 1], lc[:, 2].exp()], 1)
+        diag = _diagonal(lc.shape[1])
+        return torch.stack([lc[:, i].exp() if i in diag else lc[:, i] for i in range(lc.shape[1])], 1)
     diag = np.exp(np.ascontiguousarray(lc[:, [0, 2]]))
     return np.stack([diag[:, 0], lc[:, 1], diag[:, 1]], 1).astype(np.float32)
 
@@ -85,9 +96,13 @@ class KernelLeaves:
         return from_log_chol(self.chol)
 
     def model(self):
-        from .model import Model
+        """The kernels as a detached :class:`smoe.Model` (or :class:`smoe.video.VideoModel` for 3D leaves)."""
+        if self.mu.shape[1] == 3:
+            from .video.model import VideoModel as kind
+        else:
+            from .model import Model as kind
 
-        return Model.unchecked(self.mu.detach(), self.cholesky().detach(), self.pi.detach(), self.experts.detach())
+        return kind.unchecked(self.mu.detach(), self.cholesky().detach(), self.pi.detach(), self.experts.detach())
 
     def optimizer(self, rates: dict[str, float]) -> torch.optim.Adam:
         """Adam over the four leaves, one group each, at ``rates[group]``."""
