@@ -31,6 +31,7 @@ _EXPORTS = {
     "upscale": "superres",
     "mdbscan": "segment",
     "encode": "codec", "decode": "codec", "codec": None,
+    "fit_video": "video", "video": None,
     "initializers": None,
     "metrics": None,
     "rasterizer": None,
@@ -39,7 +40,7 @@ _EXPORTS = {
 __all__ = [
     "Model", "FittedModel", "FitSpec", "render", "rasterize", "output_size", "kernels_per_tile", "fit", "FitResult",
     "read_image", "write_image", "save_model", "load_model", "read_model_file", "denoise", "upscale", "mdbscan",
-    "encode", "decode", "codec", "initializers", "metrics", "rasterizer", "__version__",
+    "encode", "decode", "codec", "fit_video", "video", "initializers", "metrics", "rasterizer", "__version__",
 ]
 
 

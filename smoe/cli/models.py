@@ -113,7 +113,8 @@ def _add_json_flag(p) -> None:
 def _add_info(p) -> None:
     p.description = ("Print what a model file holds: kernel count, channels, mode, scope, the size "
                      "of the image it was fitted on, format and writer version, kernels per tile, kernel "
-                     "bandwidths and the fit settings.")
+                     "bandwidths and the fit settings; for a video model, its frame count, frame rate and "
+                     "space-time tiles, and its kernels' mean extents along x, y and t.")
     p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz) or bitstream "
                    "written by 'smoe encode' (.smoe): size, kernels, bits per kernel, section sizes")
     _add_json_flag(p)
@@ -133,12 +134,19 @@ def _run_info(args) -> int:
     facts = _model_facts(arrays, meta, spec)
     if args.json:
         print(json.dumps(facts, indent=2))
-        return EXIT_OK
+    elif facts["dim"] == 3:
+        _print_video_info(args.model, facts)
+    else:
+        _print_image_info(args.model, facts, meta)
+    return EXIT_OK
+
+
+def _print_image_info(path: str, facts: dict, meta: dict) -> None:
     bw = facts["bandwidth_px"]
-    rows = [
-        ("file", args.model),
+    _print_rows([
+        ("file", path),
         ("kernels", facts["kernels"]),
-        ("channels", f"{facts['channels']} ({'RGB' if facts['channels'] == 3 else 'grey'})"),
+        ("channels", _channels_text(facts["channels"])),
         ("mode / scope", f"{facts['mode']} / {facts['scope']}, tile offset {tuple(facts['tile_offset'])}"),
         ("fitted on", f"{facts['width']}x{facts['height']} pixels"),
         ("format", f"{meta['format']} version {facts['format_version']}, {facts['dtype']}, "
@@ -148,23 +156,52 @@ def _run_info(args) -> int:
         ("bandwidth", "n/a (no kernels)" if bw is None else
          f"median sigma {bw['median_sigma']:.2f} px (major axis {bw['median_major']:.2f}, minor "
          f"{bw['median_minor']:.2f}; major axes {bw['min_major']:.2f} to {bw['max_major']:.2f} px)"),
-    ]
+    ])
+    _print_settings("fit spec" if meta["format_version"] > 1 else "settings", facts["settings"])
+
+
+def _print_video_info(path: str, facts: dict) -> None:
+    bw = facts["bandwidth"]
+    _print_rows([
+        ("file", path),
+        ("kernels", facts["kernels"]),
+        ("channels", _channels_text(facts["channels"])),
+        ("mode", facts["mode"]),
+        ("fitted on", f"{facts['frames']} frames of {facts['width']}x{facts['height']} pixels at {facts['fps']:g} fps"),
+        ("format", f"smoe-model version {facts['format_version']}, video (3D kernels over x, y, t), {facts['dtype']}, "
+                   f"written by smoe {facts['smoe_version']}"),
+        ("tiles", f"{facts['tile']}x{facts['tile']} pixels x {facts['tile_t']} frames"),
+        ("bandwidth", "n/a (no kernels)" if bw is None else
+         f"mean sigma x {bw['mean_sigma_x']:.2f} px, y {bw['mean_sigma_y']:.2f} px, t {bw['mean_sigma_t']:.2f} "
+         "frames"),
+    ])
+    _print_settings("settings", facts["settings"])
+
+
+def _channels_text(channels: int) -> str:
+    return f"{channels} ({'RGB' if channels == 3 else 'grey'})"
+
+
+def _print_rows(rows: list[tuple[str, object]]) -> None:
     for name, value in rows:
         print(f"{name:<13} {value}")
-    title = "fit spec" if meta["format_version"] > 1 else "settings"
-    print(title + ("      (none stored)" if not facts["settings"] else ""))
-    for key, value in facts["settings"].items():
+
+
+def _print_settings(title: str, settings: dict) -> None:
+    print(f"{title:<14}(none stored)" if not settings else title)
+    for key, value in settings.items():
         print(f"  {key:<17} {value}")
-    return EXIT_OK
 
 
 def _model_facts(arrays: dict[str, np.ndarray], meta: dict, spec: FitSpec | None) -> dict:
     """What ``smoe info`` prints, computed with NumPy (:mod:`smoe.kernelfacts`) so that torch never loads."""
+    if meta["dim"] == 3:
+        return _video_facts(arrays, meta)
     from ..kernelfacts import bandwidth, kernels_per_tile
 
     frame = (meta["height"], meta["width"])
     return {
-        "kernels": len(arrays["mu"]), "channels": arrays["experts"].shape[1], "mode": meta["mode"],
+        "dim": 2, "kernels": len(arrays["mu"]), "channels": arrays["experts"].shape[1], "mode": meta["mode"],
         "scope": meta["scope"], "height": frame[0], "width": frame[1], "tile_offset": list(meta["tile_offset"]),
         "tile": meta["tile"], "format_version": meta["format_version"], "smoe_version": meta["smoe_version"],
         "dtype": str(arrays["mu"].dtype),
@@ -176,3 +213,32 @@ def _model_facts(arrays: dict[str, np.ndarray], meta: dict, spec: FitSpec | None
         "settings": dict(sorted(meta["settings"].items())) if meta["format_version"] == 1
         else {} if spec is None else spec.to_dict(),
     }
+
+
+def _video_facts(arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """``smoe info``'s facts about a video model file."""
+    return {
+        "dim": 3, "kernels": len(arrays["mu"]), "channels": arrays["experts"].shape[1], "mode": meta["mode"],
+        "frames": meta["frames"], "height": meta["height"], "width": meta["width"], "fps": float(meta["fps"]),
+        "tile": meta["tile"], "tile_t": meta["tile_t"], "format_version": meta["format_version"],
+        "smoe_version": meta["smoe_version"], "dtype": str(arrays["mu"].dtype),
+        "bandwidth": _video_bandwidth(arrays["chol"]), "settings": dict(sorted(meta["settings"].items())),
+    }
+
+
+def _video_bandwidth(chol: np.ndarray) -> dict | None:
+    """Mean standard deviations of (L, 6) space-time kernels along x, y (pixels) and t (frames); None for none.
+
+    The NumPy twin of the diagonal of :func:`smoe.video.model.covariance_from_chol`:
+    ``Sigma = B^-1 B^-T``, so ``Sigma_kk`` is the squared norm of row k of ``B^-1``.
+    """
+    import numpy as np
+
+    if len(chol) == 0:
+        return None
+    b00, b10, b11, b20, b21, b22 = chol.astype(np.float64).T
+    i00, i11, i22 = 1 / b00, 1 / b11, 1 / b22
+    i10 = -b10 * i00 * i11
+    i20, i21 = -(b20 * i00 + b21 * i10) * i22, -b21 * i11 * i22
+    sigma = {"x": i00, "y": np.hypot(i10, i11), "t": np.sqrt(i20 ** 2 + i21 ** 2 + i22 ** 2)}
+    return {f"mean_sigma_{axis}": float(np.mean(values)) for axis, values in sigma.items()}

@@ -275,6 +275,24 @@ def _context(done: list[VideoModel], start: float) -> VideoModel | None:
     return prior.select(reach >= start)
 
 
+def _rbf_experts(model: VideoModel, H: int, W: int, a: int, b: int, spec: VideoFitSpec) -> VideoModel:
+    """Divide each expert by the kernel density at its centre, so a sum of kernels starts near the clip.
+
+    The start takes experts from the clip under each centre, right for
+    normalised SMoE gates; an RBF adds overlapping kernels up (as in 2D,
+    :func:`smoe.fitting._rbf_experts`).
+    """
+    ones = torch.ones(len(model), 1, dtype=model.dtype)
+    with torch.no_grad():
+        density = rasterize_video(model.mu, model.chol, model.pi, ones, H, W, np.arange(a, b) + 0.5, mode="rbf",
+                                  tile=spec.tile, tile_t=spec.tile_t)[..., 0]
+    cols = model.mu[:, 0].long().clamp(0, W - 1)
+    rows = model.mu[:, 1].long().clamp(0, H - 1)
+    frames = (model.mu[:, 2].long() - a).clamp(0, b - a - 1)
+    scale = density[frames, rows, cols].clamp(min=1.0).unsqueeze(1)
+    return VideoModel.unchecked(model.mu, model.chol, model.pi, model.experts / scale)
+
+
 def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, history, t0, window, bar, callback):
     """Fit the ``count`` kernels of frames [a, b); returns them (pruned, detached)."""
     H, W = clip.shape[1:3]
@@ -282,6 +300,8 @@ def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, h
     times = np.arange(lo, b) + 0.5
     target = torch.from_numpy(np.ascontiguousarray(clip[lo:b]))
     start = init_video(clip[a:b], count, seed=spec.seed + window, aspect=spec.aspect, t_offset=a)
+    if spec.mode == "rbf":
+        start = _rbf_experts(start, H, W, a, b, spec)
     ctx = _context(done, lo)
     leaves = KernelLeaves(start)
     opt = leaves.optimizer(learning_rates(spec))
