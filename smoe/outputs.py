@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from .modelfile import model_file_bytes
 from .outputnames import FIT_OUTPUTS
 from .version import __version__
 
-__all__ = ["FIT_OUTPUTS", "fit_outputs"]
+__all__ = ["FIT_OUTPUTS", "fit_outputs", "versions", "machine", "history_csv"]
 
 def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, image_path, run: dict,
                 ) -> tuple[dict[str, bytes], dict]:
@@ -83,7 +84,7 @@ def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, 
         "init_seconds": run["init_seconds"],
         "fit_seconds": run["fit_seconds"],
         "render_ms": render_ms,
-        "versions": _versions(),
+        "versions": versions(),
         "spec": None if fitted.spec is None else fitted.spec.to_dict(),
     }
     from . import plots  # matplotlib loads only when figures are drawn
@@ -94,7 +95,7 @@ def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, 
     files = {
         "model.smoe.npz": model_file_bytes(fitted),
         "reconstruction.png": encode_image(recon, ".png"),
-        "history.csv": _history_csv(history),
+        "history.csv": history_csv(history),
         "convergence.png": plots.plot_convergence(history, title=title),
         "kernels.png": plots.draw_kernels(image, fitted.model),
         "metrics.json": (json.dumps(report, indent=2) + "\n").encode(),
@@ -102,7 +103,14 @@ def fit_outputs(fitted: FittedModel, image: np.ndarray, history: list[dict], *, 
     return files, report
 
 
-def _versions() -> dict:
+def versions() -> dict:
+    """Versions of smoe and of the libraries its results depend on, as metrics.json records them.
+
+    Examples
+    --------
+    >>> sorted(versions())
+    ['numba', 'numpy', 'python', 'smoe', 'torch']
+    """
     import numba
     import torch
 
@@ -110,7 +118,41 @@ def _versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _history_csv(history: list[dict]) -> bytes:
+def machine() -> dict:
+    """The computer a fit ran on, so that its timings can be compared: CPU model, cores and threads.
+
+    Examples
+    --------
+    >>> sorted(machine())
+    ['arch', 'cores', 'cpu', 'numba_threads', 'os', 'torch_threads']
+    """
+    import numba
+    import torch
+
+    return {"cpu": _cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(), "os": platform.system(),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    # platform.processor() is empty or just "x86_64" on Linux; /proc/cpuinfo names the model.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def history_csv(history: list[dict]) -> bytes:
+    """The history records as CSV bytes: one column per key any record has, in first-seen order.
+
+    Examples
+    --------
+    >>> history_csv([{"iteration": 1, "psnr": 20.5}, {"iteration": 2, "psnr": 21.0}])
+    b'iteration,psnr\\n1,20.5\\n2,21.0\\n'
+    """
     keys = list(dict.fromkeys(k for record in history for k in record))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")

@@ -26,7 +26,7 @@ def _run(*args: str) -> tuple[int, list[str]]:
     return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-COMMANDS = ["fit", "fit-batch", "render", "eval", "info", "denoise", "upscale", "segment", "encode", "decode"]
+COMMANDS = ["fit", "fit-batch", "fit-video", "render", "eval", "info", "denoise", "upscale", "segment", "encode", "decode"]
 
 
 @pytest.mark.parametrize("args", [["--help"], *([c, "--help"] for c in COMMANDS)])
@@ -44,6 +44,10 @@ BAD_ARGUMENTS = [
     "info", "info /no/such/model.npz", "eval /no/such/a.png /no/such/b.png",
     "denoise --models 0 x.png -o y.png", "denoise --sigma 5 x.png -o y.png",
     "upscale /no/such/image.png --scale 2 -o x.png", "segment /no/such/image.png -o x.png",
+    "fit-video", "fit-video x.mp4", "fit-video --iters -3 x.mp4 -n 4", "fit-video x.mp4 -n 4 --frames 5:2",
+    "fit-video x.mp4 -n 4 --frames 7", "fit-video x.mp4 -n 4 --tile-t 65", "fit-video x.mp4 -n 4 --fps 0",
+    "fit-video x.mp4 -n 4 --mode rbf --lam 1", "fit-video /no/such/clip.mp4 -n 4", "fit-video /no/such/dir/ -n 4",
+    "render m.npz --fps-scale 0 -o x.mp4",
 ]
 
 
@@ -77,6 +81,20 @@ def test_render_past_the_output_limit_refused_before_heavy_modules(model_file, t
     out = tmp_path / "huge.png"
     assert _run("render", str(model_file), "--scale", "2000", "-o", str(out)) == (2, [])
     assert not out.exists()
+
+
+def test_render_options_of_the_other_kind_refused_before_heavy_modules(model_file, tmp_path):
+    from test_video_modelfile import _fitted
+    from smoe.video.modelfile import save_video_model
+
+    video = tmp_path / "v.smoe.npz"
+    save_video_model(video, _fitted())
+    for args in ([str(model_file), "--fps-scale", "2", "-o", str(tmp_path / "x.png")],
+                 [str(video), "--sharpen", "0.7", "-o", str(tmp_path / "x.mp4")],
+                 [str(video), "--scope", "global", "-o", str(tmp_path / "x.mp4")],
+                 [str(video), "-o", str(tmp_path / "x.png")]):
+        assert _run("render", *args) == (2, []), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.smoe.npz"]
 
 
 def _random_model(rng, n: int, dtype, channels: int = 1) -> Model:

@@ -2,6 +2,7 @@
 
 ``smoe fit IMAGE`` fits a model and writes it with its reconstruction, metrics
 and figures; ``smoe render MODEL`` draws a saved model at any resolution;
+``smoe fit-video CLIP`` fits space-time kernels to a video clip;
 ``smoe eval REF IMAGE`` compares two images; ``smoe info MODEL`` describes a
 model file; ``smoe encode`` and ``smoe decode`` compress an image into a
 bitstream and back.  Each subcommand is registered in :data:`COMMANDS` by a function
@@ -28,7 +29,7 @@ from typing import Callable
 
 from ..memory import is_out_of_memory
 from ..version import __version__
-from . import codec, fitting, models, tasks
+from . import codec, fitting, models, tasks, video
 from .options import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["main", "COMMANDS", "CliError"]
@@ -157,7 +158,8 @@ def _warnings_as_lines():
 COMMANDS: dict[str, tuple[str, Callable]] = {
     "fit": ("fit a kernel model to an image", fitting._add_fit),
     "fit-batch": ("fit many images, in parallel or on a Dask cluster", fitting._add_fit_batch),
-    "render": ("render a saved model at any resolution", models._add_render),
+    "fit-video": ("fit space-time kernels to a video clip", video._add_fit_video),
+    "render": ("render a saved model at any resolution, a video model at any frame rate", models._add_render),
     "eval": ("compare an image with a reference", models._add_eval),
     "info": ("describe a model file or bitstream", models._add_info),
     "encode": ("compress an image into an SMoE bitstream", codec._add_encode),

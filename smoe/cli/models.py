@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .guards import _prepare_output_file, _removed_on_failure
 from .options import EXIT_OK, CliError, _positive_float, _size
+from .video import _run_render_video
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,23 +35,33 @@ def _quality_lines(q: dict) -> list[str]:
 def _add_render(p) -> None:
     from ..sizes import MAX_OUTPUT_PIXELS
     from ..spec import SCOPES
+    from ..video.fitted import MAX_VIDEO_PIXELS
 
-    p.description = ("Render a model file to an image. The model is continuous, so any output size "
-                     "works: the raster covers the area of the image it was fitted on.")
-    p.epilog = f"Outputs larger than {MAX_OUTPUT_PIXELS // 1_000_000} megapixels are refused."
-    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' (model.smoe.npz)")
+    p.description = ("Render a model file to an image, or a video model to a video or a folder of frames. The "
+                     "model is continuous, so any output size works (and, for a video model, any frame rate): the "
+                     "raster covers the area of the image or clip it was fitted on.")
+    p.epilog = (f"Outputs larger than {MAX_OUTPUT_PIXELS // 1_000_000} megapixels a frame, or "
+                f"{MAX_VIDEO_PIXELS // 1_000_000} megapixels over all frames of a video, are refused.")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'smoe fit' or 'smoe fit-video' "
+                   "(model.smoe.npz)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=_positive_float, default=None, metavar="F",
                       help="output size = fitted size x F, e.g. 2 for twice the resolution (default: 1)")
     size.add_argument("--size", type=_size, default=None, metavar="WxH",
                       help="exact output size in pixels, width x height, e.g. 1920x1080 (aspect may change)")
+    p.add_argument("--fps-scale", type=_positive_float, default=None, metavar="F",
+                   help="video models: output frame rate = fitted rate x F; a whole F keeps every fitted frame and "
+                        "adds F-1 between each pair (frame interpolation), giving (frames-1) x F + 1 frames "
+                        "(default: 1)")
     p.add_argument("--sharpen", type=_positive_float, default=None, metavar="F",
-                   help="multiply every kernel's bandwidth by F before rendering: F < 1 (e.g. 0.7) sharpens "
-                        "edges, F > 1 smooths; tiles keep the fitted kernel lists (default: off)")
+                   help="image models: multiply every kernel's bandwidth by F before rendering: F < 1 (e.g. 0.7) "
+                        "sharpens edges, F > 1 smooths; tiles keep the fitted kernel lists (default: off)")
     p.add_argument("--scope", choices=SCOPES, default=None,
-                   help="override the scope stored in the model (default: the model's)")
+                   help="image models: override the scope stored in the model (default: the model's)")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="image file to write; the suffix picks the format (.png, .jpg, .tif, .bmp)")
+                   help="image model: image file to write, the suffix picks the format (.png, .jpg, .tif, .bmp); "
+                        "video model: a video file (.mp4 or .mkv, H.264 preview) or a folder of PNG frames (a "
+                        "path without suffix, or ending in /)")
     p.set_defaults(run=_run_render)
 
 
@@ -61,6 +72,11 @@ def _run_render(args) -> int:
     from ..sizes import output_size
 
     arrays, meta, spec = read_model_arrays(args.model)
+    if meta["dim"] == 3:
+        return _run_render_video(args, arrays, meta)
+    if args.fps_scale is not None:
+        raise CliError(f"--fps-scale applies to video models only; {args.model} is an image model; drop "
+                       "--fps-scale (use --scale or --size for its resolution)")
     # refused here, before any file and before torch loads
     h, w = output_size((meta["height"], meta["width"]), scale=args.scale, size=args.size)
     from ..imageio import write_image

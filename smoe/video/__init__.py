@@ -7,7 +7,8 @@
   (:mod:`~smoe.video.reference`);
 * :mod:`~smoe.video.init`, :mod:`~smoe.video.fitting`: content-driven start and the windowed fit;
 * :mod:`~smoe.video.fitted`: a fitted model with its clip size and rate, rendered at any times;
-* :mod:`~smoe.video.io`: clips in and frames and previews out, through PyAV.
+* :mod:`~smoe.video.io`: clips in and frames and previews out, through PyAV;
+* :mod:`~smoe.video.outputs`: the files ``smoe fit-video`` writes, built in memory.
 
 Names load on first use, as in :mod:`smoe`.
 """
@@ -21,6 +22,7 @@ _EXPORTS = {
     "fit_video": "fitting", "VideoFitSpec": "fitting", "VideoFitResult": "fitting",
     "read_video": "io", "write_video": "io", "write_frames": "io", "VideoError": "io", "Clip": "io",
     "save_video_model": "modelfile", "load_video_model": "modelfile",
+    "video_fit_outputs": "outputs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,6 +32,7 @@ from ..sizes import TILE, check_tile_size
 from ..spec import FitSpec, MODES
 from ..strategy import FitState, PruneDead
 from ..validate import check_choice, check_finite, is_whole
+from .extent import FloorTimeExtent
 from .fitted import MAX_VIDEO_PIXELS, TILE_T, FittedVideo, check_tile_t
 from .init import init_video
 from .model import VideoModel, half_extents
@@ -61,6 +62,8 @@ class VideoFitSpec:
     lam, prune_every : L1 weight on the gates and steps between prunings (SMoE).
     lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts : Adam rates, the 2D defaults.
     aspect : starting ratio of a kernel's extent along t to its extent across.
+    min_sigma_t : floor on each kernel's standard deviation along t at a fixed pixel, in frames
+        (:class:`~smoe.video.extent.FloorTimeExtent`); None leaves it free.
     tile, tile_t : space-time blocks of tile x tile pixels by tile_t frames.
     seed : seeds the initialization of every window.
     log_every : steps between history records.
@@ -81,6 +84,7 @@ class VideoFitSpec:
     lr_pi: float = _RATES["lr_pi"]
     lr_experts: float = _RATES["lr_experts"]
     aspect: float = 2.0
+    min_sigma_t: float | None = None
     tile: int = TILE
     tile_t: int = TILE_T
     seed: int = 0
@@ -107,6 +111,8 @@ class VideoFitSpec:
         for name in _RATES:
             check_finite(name, getattr(self, name), low=0)
         check_finite("aspect", self.aspect, low=0, low_open=True)
+        if self.min_sigma_t is not None:
+            check_finite("min_sigma_t (frames)", self.min_sigma_t, low=0, low_open=True)
         if self.time_budget is not None:
             check_finite("time_budget (seconds)", self.time_budget, low=0, low_open=True)
         if self.min_gain is not None:
@@ -305,7 +311,9 @@ def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, h
     ctx = _context(done, lo)
     leaves = KernelLeaves(start)
     opt = leaves.optimizer(learning_rates(spec))
-    pruner = [PruneDead(spec.prune_every)] if spec.mode == "smoe" else []
+    strategies = [PruneDead(spec.prune_every)] if spec.mode == "smoe" else []
+    if spec.min_sigma_t is not None:
+        strategies.append(FloorTimeExtent(spec.min_sigma_t))
     lr0, ratio = spec.lr_mu, (spec.lr_mu_final / spec.lr_mu if spec.lr_mu > 0 and spec.lr_mu_final > 0 else 1.0)
     records: list[dict] = []
     began = time.perf_counter()
@@ -325,7 +333,7 @@ def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, h
         opt.param_groups[0]["lr"] = lr0 * ratio ** min(1.0, progress)
         last = progress >= 1.0
         state = FitState(leaves, opt, target, out.detach(), it, last, spec.mode)
-        for strategy in pruner:
+        for strategy in strategies:
             strategy.after_step(state)
         if it % spec.log_every == 0 or last:
             live = int((leaves.pi.detach() > 0).sum()) if spec.mode == "smoe" else len(leaves)

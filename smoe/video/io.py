@@ -38,6 +38,7 @@ import contextlib
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -52,6 +53,7 @@ from ..validate import check_finite, is_whole, one_line
 from .fitted import MAX_VIDEO_PIXELS
 
 __all__ = ["VideoError", "Clip", "parse_frames", "read_video", "probe_video", "write_frames", "write_video",
+           "frame_names", "encode_frames", "encode_video",
            "FRAME_SUFFIXES", "VIDEO_SUFFIXES", "FOLDER_FPS", "MAX_DECODED_FRAMES"]
 
 #: Suffixes of the frame images a folder clip is made of (case does not matter).
@@ -587,23 +589,58 @@ def write_frames(folder, frames, *, prefix: str = "frame", start: int = 0) -> li
     ['frame_00007.png', 'frame_00008.png']
     """
     folder = Path(folder)
+    names = frame_names(len(_as_clip_array(frames, folder)), prefix=prefix, start=start)  # bad arguments first
+    if not folder.parent.is_dir():
+        raise VideoError(f"{folder}: parent folder {folder.parent} does not exist; create it first")
+    files = encode_frames(frames, prefix=prefix, start=start, what=folder)
+    write_output_folder(folder, files, markers=())
+    return [folder / name for name in names]
+
+
+def frame_names(count: int, *, prefix: str = "frame", start: int = 0) -> list[str]:
+    """The file names :func:`write_frames` gives ``count`` frames: ``<prefix>_00000.png``, ...
+
+    Examples
+    --------
+    >>> frame_names(2, start=9)
+    ['frame_00009.png', 'frame_00010.png']
+    """
     if not (isinstance(prefix, str) and re.fullmatch(r"[A-Za-z0-9][\w\-]*", prefix)):
         raise VideoError(f"frame prefix must be letters, digits, '_' or '-' (starting with a letter or digit), "
                          f"got {prefix!r}")
     if not (is_whole(start) and start >= 0):
         raise VideoError(f"start must be a whole number >= 0, got {start!r}")
-    frames = _as_clip_array(frames, folder)
-    if not folder.parent.is_dir():
-        raise VideoError(f"{folder}: parent folder {folder.parent} does not exist; create it first")
-    names = [f"{prefix}_{int(start) + i:05d}.png" for i in range(len(frames))]
+    return [f"{prefix}_{int(start) + i:05d}.png" for i in range(int(count))]
+
+
+def encode_frames(frames, *, prefix: str = "frame", start: int = 0, what="frames") -> dict[str, bytes]:
+    """The PNG files :func:`write_frames` writes, as bytes: file name -> content, in frame order.
+
+    For a caller that writes them with other files in one
+    :func:`smoe.atomic.write_output_folder` (the outputs of ``smoe fit-video``).
+
+    Parameters
+    ----------
+    frames : (F, H, W, C) or (F, H, W) array
+        Samples in [0, 1], clipped and rounded to 8 bits.
+    prefix, start
+        As for :func:`write_frames`.
+    what : str or os.PathLike
+        Named in error messages.
+
+    Examples
+    --------
+    >>> list(encode_frames(np.zeros((2, 4, 4))))
+    ['frame_00000.png', 'frame_00001.png']
+    """
+    frames = _as_clip_array(frames, what)
     files = {}
-    for i, name in enumerate(names):
+    for i, name in enumerate(frame_names(len(frames), prefix=prefix, start=start)):
         try:
             files[name] = encode_image(frames[i], name)
         except ImageError as exc:
-            raise VideoError(f"{folder}: frame {i}: {exc}") from None
-    write_output_folder(folder, files, markers=())
-    return [folder / name for name in names]
+            raise VideoError(f"{what}: frame {i}: {exc}") from None
+    return files
 
 
 def _have_encoder(name: str) -> bool:
@@ -689,6 +726,27 @@ def write_video(path, frames, fps, *, lossless: bool = False) -> None:
             os.unlink(tmp)
         raise
     fsync_directory(path.parent)
+
+
+def encode_video(frames, fps, *, suffix: str = ".mp4", lossless: bool = False) -> bytes:
+    """The bytes of the file :func:`write_video` writes for a name ending in ``suffix``.
+
+    For a caller that writes the video with other files in one
+    :func:`smoe.atomic.write_output_folder` (the preview of ``smoe fit-video``).
+    The encoders need a seekable file (mp4's index goes to the front), so the
+    video is written to a private temporary folder and read back.
+
+    Examples
+    --------
+    >>> encode_video(np.zeros((3, 16, 16, 3)), 25)[4:8]
+    b'ftyp'
+    """
+    if str(suffix).lower() not in VIDEO_SUFFIXES:
+        raise VideoError(f"unknown video suffix {suffix!r}; use {' or '.join(VIDEO_SUFFIXES)}")
+    with tempfile.TemporaryDirectory(prefix="smoe-video-") as folder:
+        path = Path(folder) / f"preview{suffix}"
+        write_video(path, frames, fps, lossless=lossless)
+        return path.read_bytes()
 
 
 def _reserve_temp(path: Path) -> Path:
