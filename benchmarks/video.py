@@ -190,6 +190,7 @@ def plan(args, tmp: Path) -> dict[str, tuple[str, dict]]:
                                 **lp}),
         "interp": ("3d", {"clip": "carphone.mp4", "frames": (0, car[1] + 1), "step": 2,
                           "n": n2d * (car[1] // 2 + 1), "mode": "smoe", "interp": True,
+                          "fields": {"min_sigma_t": 0.5},
                           "save": str(tmp / "interp.npy"), **lp}),
         "bbb-3d": ("3d", {"clip": "bigbuckbunny.mp4", "frames": bbb, "n": bbb_n, "mode": "smoe",
                           "seconds": 20 if q else args.bbb_budget, "lpips_every": 4,

@@ -182,3 +182,21 @@ def test_bad_render_arguments():
 def test_dtype_is_kept(mode, dtype):
     model = random_video_model(10, 3, 8, 8, dtype=dtype)
     assert render_video(model, 8, 8, [0.5, 1.5], mode=mode).dtype == dtype
+
+
+def test_time_floor_caps_b22_only_where_short():
+    from smoe.parameters import KernelLeaves
+    from smoe.strategy import FitState
+    from smoe.video.extent import FloorTimeExtent, time_sigma
+    from smoe.video.model import covariance_from_chol, isotropic_chol
+
+    chol = isotropic_chol(torch.tensor([2.0, 2.0, 3.0]), torch.tensor([0.1, 0.5, 4.0]))
+    chol[:, 3] = 0.3  # a tilt in x-t survives the projection
+    leaves = KernelLeaves(VideoModel(torch.zeros(3, 3), chol, torch.ones(3), torch.zeros(3, 1)))
+    FloorTimeExtent(0.5).after_step(FitState(leaves, None, None, None, 1, False, "smoe"))
+    after = leaves.cholesky()
+    assert torch.allclose(time_sigma(after), torch.tensor([0.5, 0.5, 4.0]), rtol=1e-5)
+    assert torch.allclose(after[:, :5], chol[:, :5])
+    # at a fixed pixel, the variance along t is 1 / P_tt = time_sigma^2
+    precision = torch.linalg.inv(covariance_from_chol(after.double()))
+    assert torch.allclose(precision[:, 2, 2].rsqrt(), time_sigma(after).double(), rtol=1e-5)
