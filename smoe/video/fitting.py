@@ -55,8 +55,9 @@ class VideoFitSpec:
         the most that :data:`WINDOW_VOXELS` allows, spread evenly.
     overlap : frames of the previous window that also enter a window's loss.
     iters : most steps per window.
-    time_budget : seconds for the whole clip, shared by the windows in
-        proportion to their frames; None for no limit.
+    time_budget : seconds for the whole clip, initialization included; window
+        w must end by the share of the budget its last frame reaches, so time
+        one window leaves over goes to the next. None for no limit.
     min_gain : stop a window once its PSNR gains less than this many dB per
         second (:func:`smoe.fitting.converged`); None to run to ``iters``.
     lam, prune_every : L1 weight on the gates and steps between prunings (SMoE).
@@ -245,7 +246,10 @@ def fit_video(frames, n_kernels: int | None = None, *, fps: float = 25.0, spec: 
     t0 = time.perf_counter()
     try:
         for w, ((a, b), count) in enumerate(zip(ranges, budgets)):
-            seconds = None if spec.time_budget is None else spec.time_budget * (b - a) / F
+            # Each window may run until its share of the budget is spent, counted from the start of the
+            # fit: time one window leaves over goes to the next, and initialization counts.
+            seconds = None if spec.time_budget is None else max(1e-3, t0 + spec.time_budget * b / F
+                                                                 - time.perf_counter())
             done.append(_fit_window(clip, a, b, count, done, spec, seconds, backend, history, t0, w, bar,
                                     callback))
     finally:
@@ -301,6 +305,7 @@ def _rbf_experts(model: VideoModel, H: int, W: int, a: int, b: int, spec: VideoF
 
 def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, history, t0, window, bar, callback):
     """Fit the ``count`` kernels of frames [a, b); returns them (pruned, detached)."""
+    began = time.perf_counter()
     H, W = clip.shape[1:3]
     lo = max(0, a - spec.overlap) if done else a
     times = np.arange(lo, b) + 0.5
@@ -316,7 +321,6 @@ def _fit_window(clip, a, b, count, done, spec: VideoFitSpec, seconds, backend, h
         strategies.append(FloorTimeExtent(spec.min_sigma_t))
     lr0, ratio = spec.lr_mu, (spec.lr_mu_final / spec.lr_mu if spec.lr_mu > 0 and spec.lr_mu_final > 0 else 1.0)
     records: list[dict] = []
-    began = time.perf_counter()
     for it in range(1, spec.iters + 1):
         parts = [leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts]
         if ctx is not None and len(ctx):
