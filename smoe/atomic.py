@@ -22,7 +22,7 @@ import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "write_output_folder", "remove_temporaries",
+__all__ = ["atomic_write", "atomic_path", "atomic_write_bytes", "fsync_directory", "write_output_folder", "remove_temporaries",
            "TEMP_FILE", "TEMP_DIR"]
 
 #: Names of the temporary files :func:`atomic_write` creates.
@@ -63,15 +63,43 @@ def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports mode 'wb' or 'w', got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as handle:
+            yield handle
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary file name for a writer that wants a path (FFmpeg, say); moved over ``path`` if the body succeeds.
+
+    The same promise as :func:`atomic_write`: on success the temporary file is
+    fsync'ed and replaces ``path``; if the body raises it is removed.
+
+    Yields
+    ------
+    Path of the (empty, existing) temporary file beside ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "clip.bin"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_bytes(b"frames")
+    >>> target.read_bytes()
+    b'frames'
+    """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
     tmp, fd = _create_temp(path)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         _copy_permissions(path, tmp)
         os.replace(tmp, path)
     except BaseException:

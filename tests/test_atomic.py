@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from smoe.atomic import atomic_write, atomic_write_bytes, remove_temporaries, write_output_folder
+from smoe.atomic import atomic_path, atomic_write, atomic_write_bytes, remove_temporaries, write_output_folder
 
 
 def test_atomic_write_replaces(tmp_path):
@@ -50,6 +50,22 @@ def test_atomic_write_keeps_permissions(tmp_path):
 
 
 FILES = {"metrics.json": b"{}", "model.smoe.npz": b"m", "kernels.png": b"k"}
+
+
+def test_atomic_path_replaces_on_success_and_removes_on_failure(tmp_path):
+    target = tmp_path / "clip.mp4"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.exists()
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("encoder died")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_new_folder_appears_whole(tmp_path):

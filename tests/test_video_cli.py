@@ -127,6 +127,7 @@ def _not_a_video(tmp_path):
     ("clip", ["--frames", "3:10"]), ("clip", ["--frames", "6:"]), ("clip", ["--frames", "3:3"]),
     ("clip", ["--frames", "4"]), ("clip", ["-n", "100000"]), ("clip", ["--mode", "rbf", "--lam", "1"]),
     ("clip", ["--tile-t", "0"]), ("clip", ["--fps", "5000"]), ("clip", ["--iters", "0"]),
+    ("clip", ["--min-sigma-t", "0"]), ("clip", ["--min-sigma-t", "nan"]),
 ])
 def test_fit_video_refuses_bad_input(case, options, fitted, tmp_path, capsys):
     clip = {"missing": tmp_path / "missing.mp4", "text": _not_a_video(tmp_path), "clip": fitted[0]}[case]
@@ -134,6 +135,17 @@ def test_fit_video_refuses_bad_input(case, options, fitted, tmp_path, capsys):
     assert main(["fit-video", str(clip), *FAST, *options, "-o", str(tmp_path / "a" / "out")]) == 2
     _one_line_error(capsys)
     assert _listing(tmp_path) == before
+
+
+def test_fit_video_min_sigma_t_floors_every_kernel(fitted, tmp_path):
+    from smoe.video.extent import time_sigma
+
+    out = tmp_path / "out"
+    assert main(["fit-video", str(fitted[0]), *FAST, "--min-sigma-t", "5", "-o", str(out)]) == 0
+    floored = time_sigma(load_video_model(out / "model.smoe.npz").model.chol)
+    free = time_sigma(load_video_model(fitted[1] / "model.smoe.npz").model.chol)
+    assert floored.min() >= 5 * (1 - 1e-5)
+    assert free.min() < 5  # without the option some kernels are shorter, so the floor did the work
 
 
 @pytest.mark.parametrize("target", ["file/out", "file", ""])

@@ -53,8 +53,8 @@ def _add_fit_video(p) -> None:
     p.add_argument("--iters", type=_positive_int, default=None, metavar="N",
                    help="most gradient steps per window (default: 2000)")
     p.add_argument("--time-budget", type=_positive_float, default=None, metavar="S",
-                   help="seconds of fitting for the whole clip, shared by the windows in proportion to their "
-                        "frames (default: no limit)")
+                   help="seconds of fitting for the whole clip, initialization included; each window ends by "
+                        "its share of frames, and time one leaves over goes to the next (default: no limit)")
     p.add_argument("--min-gain", type=_non_negative_float, default=None, metavar="DB_PER_S",
                    help="stop a window once its PSNR gains less than this many dB per second; 0 turns the rule off "
                         "(default: 0.01)")
@@ -63,6 +63,9 @@ def _add_fit_video(p) -> None:
                         "spread evenly)")
     p.add_argument("--tile-t", type=_tile_t, default=None, metavar="T",
                    help="frames per space-time tile of 16x16 pixels, 1 to 64 (default: 4)")
+    p.add_argument("--min-sigma-t", type=_positive_float, default=None, metavar="FRAMES",
+                   help="floor on every kernel's standard deviation along t at a fixed pixel, in frames; 0.5 "
+                        "renders better between frames, for --fps-scale (default: no floor)")
     p.add_argument("--lam", type=_non_negative_float, default=None, metavar="L",
                    help="L1 weight on the gates; > 0 prunes useless kernels (smoe mode only) (default: 0)")
     p.add_argument("--seed", type=_non_negative_int, default=None, metavar="S",
@@ -124,7 +127,8 @@ def _video_spec(args, clip):
     from ..video.fitting import VideoFitSpec
 
     given = {"n_kernels": args.n_kernels, "mode": args.mode, "iters": args.iters, "time_budget": args.time_budget,
-             "window": args.window, "tile_t": args.tile_t, "lam": args.lam, "seed": args.seed}
+             "window": args.window, "tile_t": args.tile_t, "lam": args.lam, "seed": args.seed,
+             "min_sigma_t": args.min_sigma_t}
     fields = {name: value for name, value in given.items() if value is not None}
     if args.min_gain is not None:
         fields["min_gain"] = args.min_gain or None  # 0 turns the rule off, as for smoe fit

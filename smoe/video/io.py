@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -46,7 +45,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..atomic import fsync_directory, write_output_folder
+from ..atomic import atomic_path, write_output_folder
 from ..imageio import ImageError, encode_image, read_image
 from ..limits import MAX_IMAGE_PIXELS, check_pixels, open_regular
 from ..validate import check_finite, is_whole, one_line
@@ -712,20 +711,8 @@ def write_video(path, frames, fps, *, lossless: bool = False) -> None:
     if not path.parent.is_dir():
         raise VideoError(f"{path}: folder {path.parent} does not exist; create it first")
     codec, pix_fmt, options = _choose_encoder(suffix, bool(lossless))
-    tmp = _reserve_temp(path)
-    try:
+    with atomic_path(path) as tmp:
         _encode(tmp, VIDEO_SUFFIXES[suffix], frames, fps, codec, pix_fmt, options, path)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
 
 
 def encode_video(frames, fps, *, suffix: str = ".mp4", lossless: bool = False) -> bytes:
@@ -747,18 +734,6 @@ def encode_video(frames, fps, *, suffix: str = ".mp4", lossless: bool = False) -
         path = Path(folder) / f"preview{suffix}"
         write_video(path, frames, fps, lossless=lossless)
         return path.read_bytes()
-
-
-def _reserve_temp(path: Path) -> Path:
-    # The name smoe.atomic gives its temporaries, so that remove_temporaries knows leftovers of a kill.
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
 
 
 def _encode(tmp: Path, muxer: str, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict,
