@@ -53,7 +53,8 @@ import numpy as np
 from _common import RESULTS, ROOT, header, markdown_table, timed, write_results
 
 VIDEO = ROOT.parent / "shared" / "data" / "video"
-EXPERIMENTS = ("carphone-2d", "carphone-3d", "carphone-rbf", "interp", "interp-bbb", "bbb-3d", "bbb-rbf", "bbb-2d", "raster")
+EXPERIMENTS = ("carphone-2d", "carphone-3d", "carphone-rbf", "interp", "interp-bbb", "bbb-3d", "bbb-rbf", "bbb-2d",
+               "raster")
 
 
 # ================================================================ children
@@ -167,9 +168,9 @@ def _flow_interpolation(full: np.ndarray, odd: np.ndarray) -> np.ndarray | None:
     for o in odd:
         # A point at (r, c) of frame o-1 lies at (r + dr, c + dc) of frame o+1, and halfway between at o.
         dr, dc = optical_flow_tvl1(grey[o - 1], grey[o + 1])
-        halves = [warp(full[o + s][..., k], np.array([rows + s * dr / 2, cols + s * dc / 2]), mode="edge")
-                  for s in (-1, 1) for k in range(full.shape[-1])]
-        mids.append(np.clip(0.5 * (np.stack(halves[:3], -1) + np.stack(halves[3:], -1)), 0, 1))
+        halves = [np.stack([warp(full[o + s][..., k], np.array([rows + s * dr / 2, cols + s * dc / 2]), mode="edge")
+                            for k in range(full.shape[-1])], -1) for s in (-1, 1)]
+        mids.append(np.clip(0.5 * (halves[0] + halves[1]), 0, 1))
     return np.stack(mids).astype(full.dtype)
 
 

@@ -22,8 +22,8 @@ import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_path", "atomic_write_bytes", "fsync_directory", "write_output_folder", "remove_temporaries",
-           "TEMP_FILE", "TEMP_DIR"]
+__all__ = ["atomic_write", "atomic_path", "atomic_write_bytes", "fsync_directory", "write_output_folder",
+           "remove_temporaries", "TEMP_FILE", "TEMP_DIR"]
 
 #: Names of the temporary files :func:`atomic_write` creates.
 TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
