@@ -210,19 +210,25 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
     decay = decay_factor(spec.lr_mu, spec.lr_mu_final, spec.iters)
     strategies = strategies_for(spec, len(start), (h, w)) + list(strategies)
 
+    def render(mu, chol, pi, experts):
+        return rasterize(*_view(strategies, mu, chol, pi, experts), h, w, mode=mode, scope=scope,
+                         tile_offset=tile_offset, backend=backend, tile=tile)
+
     history: list[dict] = []
     bar = _progress(spec.iters, quiet)
-    stop, prev_best, best = "iterations", math.inf, math.inf
+    stop, prev_best, best, met = "iterations", math.inf, math.inf, None
     t_fit = time.perf_counter()
     it = 0
     try:
         for it in range(1, spec.iters + 1):
-            out = rasterize(*_view(strategies, leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts), h, w,
-                            mode=mode, scope=scope, tile_offset=tile_offset, backend=backend, tile=tile)
+            out = render(leaves.mu, leaves.cholesky(), leaves.pi, leaves.experts)
             mse = torch.nn.functional.mse_loss(out, target)  # one fused op each way, half the time
             loss = mse + spec.lam * torch.clamp(leaves.pi, min=0).sum() if spec.lam > 0 else mse
+            psnr = psnr_from_mse(float(mse.detach()))
             if float(loss.detach()) < best:
                 best, best_model, best_steps = float(loss.detach()), _snapshot(leaves.model()), it - 1
+            if spec.target_psnr is not None and psnr >= spec.target_psnr:
+                met, met_steps = _snapshot(leaves.model()), it - 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -232,12 +238,12 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
             elapsed = time.perf_counter() - t_fit
             if spec.time_budget is not None and elapsed >= spec.time_budget:
                 stop, last = "time_budget", True
-            psnr = psnr_from_mse(float(mse.detach()))
-            if spec.target_psnr is not None and psnr >= spec.target_psnr:
-                stop, last = "target_psnr", True
-            state = FitState(leaves, opt, target, out.detach(), it, last, mode)
+            state = FitState(leaves, opt, target, out.detach(), it, last, mode, psnr, render)
             for strategy in strategies:
                 strategy.after_step(state)
+            settled = all(s.settled() for s in strategies)
+            if spec.target_psnr is not None and psnr >= spec.target_psnr and settled:
+                stop, last = "target_psnr", True
             if it % spec.log_every == 0 or last:
                 live = int((leaves.pi.detach() > 0).sum()) if mode == "smoe" else len(leaves)
                 rec = {"iteration": it, "loss": float(loss.detach()), "psnr": psnr, "kernels": live,
@@ -257,7 +263,7 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
                     if prev_best < math.inf and (prev_best - best) <= spec.tol * abs(prev_best):
                         stop, last = "plateau", True
                     prev_best = best
-                if (spec.min_gain is not None and not last and all(s.settled() for s in strategies)
+                if (spec.min_gain is not None and not last and settled
                         and converged(history, spec.min_gain)):
                     stop, last = "converged", True
             if bar is not None:
@@ -269,11 +275,14 @@ def fit(image, n_kernels: int | None = SPEC_DEFAULT, *, spec: FitSpec | None = N
             bar.close()
     fit_seconds = time.perf_counter() - t_fit
 
-    # Adam can end on a spike: return the last parameters unless an earlier
-    # iterate had a lower loss.
+    # A fit to a target returns the last iterate that met it: after trimming, the smallest.  Otherwise
+    # Adam can end on a spike: return the last parameters unless an earlier iterate had a lower loss.
     model = leaves.model()
     mse = _mse(_viewed(strategies, model), target, mode, scope, tile_offset, tile, backend)
-    if _loss(model, mse, spec.lam) >= best:
+    if met is not None and (psnr_from_mse(mse) < spec.target_psnr or len(met) < len(model)):
+        model, best_steps, stop = met, met_steps, "target_psnr"
+        mse = _mse(_viewed(strategies, met), target, mode, scope, tile_offset, tile, backend)
+    elif met is None and _loss(model, mse, spec.lam) >= best:
         model = best_model
         mse = _mse(_viewed(strategies, best_model), target, mode, scope, tile_offset, tile, backend)
     else:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from .sizes import TILE, check_tile_offset, check_tile_size
 from .validate import check_choice, check_finite, check_kernel_count, is_real, is_whole
 
-__all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "TARGET_START_DENSITY", "TARGET_CAP_DENSITY", "STRATEGIES_OFF",
-           "CLASSIC_RATES", "kernel_budget"]
+__all__ = ["FitSpec", "MODES", "SCOPES", "MODEL_INIT", "TARGET_START_DENSITY", "TARGET_CAP_DENSITY", "TRIM_SHARE",
+           "STRATEGIES_OFF", "CLASSIC_RATES", "kernel_budget"]
 
 #: Regression functions (SPEC §1): gated mixture, or a plain sum of Gaussians.
 MODES = ("smoe", "rbf")
@@ -37,6 +37,8 @@ MODEL_INIT = "model"
 #: (``smoe fit --target-psnr`` without ``-n``): 983 and 49 152 kernels on a 768 x 512 image.
 TARGET_START_DENSITY = 1 / 400
 TARGET_CAP_DENSITY = 1 / 8
+#: Share of the kernels a fit to a target removes each time it meets the target (``trim``).
+TRIM_SHARE = 0.1
 
 #: No extent bound, no growth, no convergence stop: what every fit did before the strategies, and what a
 #: record written then means.  The presets tuned in that time (denoising, super-resolution) keep it.
@@ -87,6 +89,12 @@ class FitSpec:
         kernels where the residual is largest every ``grow_every`` steps (at
         most ``iters / 16``) until there are ``n_kernels``
         (:class:`smoe.strategy.GrowByError`); None or 1 starts with all of them.
+    trim : float or None
+        With ``target_psnr``: each time the fit meets it, remove this share of
+        the kernels that cost least and fit on, keeping the smallest model
+        that met the target (:class:`smoe.strategy.TrimToTarget`); None stops
+        at the first count that meets it.  :meth:`growing` sets
+        :data:`TRIM_SHARE`.
     target_psnr, target_corr, tol, min_gain, time_budget
         Stop rules, None for off: a PSNR in dB; a neighbour
         correlation of the residual (:func:`smoe.fitting.neighbour_correlation`);
@@ -124,6 +132,7 @@ class FitSpec:
     max_reach: float | None = 5.0
     grow_start: float | None = 0.25
     grow_every: int = 50
+    trim: float | None = None
     target_psnr: float | None = None
     target_corr: float | None = None
     tol: float | None = None
@@ -180,6 +189,10 @@ class FitSpec:
             check_finite("grow_start (a share of n_kernels)", self.grow_start, low=0, high=1, low_open=True)
         if self.target_psnr is not None:
             check_finite("target_psnr (dB)", self.target_psnr)
+        if self.trim is not None:
+            check_finite("trim (a share of the kernels)", self.trim, low=0, high=0.5, low_open=True)
+            if self.target_psnr is None:
+                raise ValueError("trim removes kernels while the fit keeps meeting target_psnr; set target_psnr too")
         if self.min_gain is not None:
             check_finite("min_gain (dB per second)", self.min_gain, low=0, low_open=True)
         if self.target_corr is not None:
@@ -217,7 +230,7 @@ class FitSpec:
         height, width = (int(v) for v in frame[:2])
         cap = kernel_budget(height, width, TARGET_CAP_DENSITY) if cap is None else cap
         start = min(cap, kernel_budget(height, width, TARGET_START_DENSITY))
-        return self.replace(n_kernels=cap, grow_start=start / cap)
+        return self.replace(n_kernels=cap, grow_start=start / cap, trim=TRIM_SHARE)
 
     def replace(self, **changes) -> FitSpec:
         """A copy with some fields changed (unknown names raise ``ValueError``), not validated."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -20,6 +21,8 @@ class FitState:
     iteration : steps taken so far (1 after the first)
     last : True on the fit's last step
     mode : "smoe" or "rbf"
+    psnr : PSNR of ``render`` against ``target`` in dB (None where the fit does not compute it)
+    rasterize : renders ``(mu, chol, pi, experts)`` as the fit does, differentiably (None likewise)
     """
 
     leaves: KernelLeaves
@@ -29,6 +32,8 @@ class FitState:
     iteration: int
     last: bool
     mode: str
+    psnr: float | None = None
+    rasterize: Callable | None = None
 
 
 class Strategy:

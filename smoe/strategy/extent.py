@@ -13,6 +13,8 @@ to widen it, and the fit degrades.)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..model import CHI2_99, bounding_radius, precision_from_chol
@@ -43,14 +45,21 @@ def bound_precision(chol: torch.Tensor, max_radius: float) -> tuple[torch.Tensor
 
 
 class BoundExtent(Strategy):
-    """After every step, shorten the axes of each kernel that reach beyond ``max_radius`` px."""
+    """After every step, shorten the axes of each kernel that reach beyond ``max_radius`` px.
 
-    def __init__(self, max_radius: float):
+    With ``area`` (the frame's pixel count) given, ``max_radius`` is in kernel
+    spacings of the live model, ``sqrt(area / kernels)``, so the bound follows
+    a model whose size the fit is still choosing (a fit to a target PSNR).
+    """
+
+    def __init__(self, max_radius: float, area: float | None = None):
         self.max_radius = float(max_radius)
+        self.area = area
 
     def after_step(self, state: FitState) -> None:
         leaves = state.leaves
+        radius = self.max_radius if self.area is None else self.max_radius * math.sqrt(self.area / max(1, len(leaves)))
         with torch.no_grad():
-            index, chol = bound_precision(leaves.cholesky(), self.max_radius)
+            index, chol = bound_precision(leaves.cholesky(), radius)
             if index.numel():
                 leaves.chol[index] = to_log_chol(chol)

@@ -34,23 +34,27 @@ class GrowByError(Strategy):
         Seeds where the new kernels go.
     rate : float
         Kernels added at a time, as a share of the current count.
+    target_psnr : float, optional
+        Growth ends for good once the render meets this PSNR in dB.
     """
 
-    def __init__(self, cap: int, *, every: int = 50, seed: int = 0, rate: float = 0.25):
-        self.cap, self.every, self.rate = int(cap), int(every), float(rate)
+    def __init__(self, cap: int, *, every: int = 50, seed: int = 0, rate: float = 0.25,
+                 target_psnr: float | None = None):
+        self.cap, self.every, self.rate, self.target = int(cap), int(every), float(rate), target_psnr
         self.rng = np.random.default_rng(seed)
-        self.full = False
+        self.full = self.met = False
 
     def after_step(self, state: FitState) -> None:
         n = len(state.leaves)
+        self.met = self.met or self.target is not None and state.psnr >= self.target
         self.full = n >= self.cap
-        if state.last or state.iteration % self.every or self.full:
+        if state.last or state.iteration % self.every or self.full or self.met:
             return
         k = min(self.cap - n, max(1, round(self.rate * n)))
         state.leaves.extend(self._new_kernels(state, k), state.optimizer)
 
     def settled(self) -> bool:
-        return self.full
+        return self.full or self.met
 
     def _new_kernels(self, state: FitState, k: int) -> Model:
         target = state.target.detach().cpu().numpy()
