@@ -217,9 +217,10 @@ class FitSpec:
 
         It starts from :data:`TARGET_START_DENSITY` kernels per pixel of the
         ``(height, width)`` frame and may grow to ``cap`` (default
-        :data:`TARGET_CAP_DENSITY` per pixel); with ``target_psnr`` set, the
-        fit stops at the count that reaches it.  ``smoe fit --target-psnr``
-        runs this spec.
+        :data:`TARGET_CAP_DENSITY` per pixel); with ``target_psnr`` set, it
+        grows until it meets the target, then trims (``trim`` =
+        :data:`TRIM_SHARE`) and returns the smallest model that met it.
+        ``smoe fit --target-psnr`` runs this spec.
 
         Examples
         --------

@@ -53,8 +53,9 @@ def _add_fit_options(p) -> None:
     p.add_argument("--iters", type=_positive_int, default=defaults.iters, metavar="N",
                    help="maximum number of gradient steps (default: %(default)s)")
     p.add_argument("--target-psnr", type=_target_psnr, default=None, metavar="DB",
-                   help="grow the model from a few kernels where the error is largest and stop as soon as the PSNR "
-                        "reaches DB decibels, 10 to 60 (default: no target)")
+                   help="grow the model from a few kernels where the error is largest until the PSNR reaches DB "
+                        "decibels, 10 to 60, then remove the kernels it needs least while it still meets DB "
+                        "(default: no target)")
     p.add_argument("--min-gain", type=_non_negative_float, default=defaults.min_gain, metavar="DB_PER_S",
                    help="stop once the PSNR gained less than this many dB per second over the last quarter of the "
                         "fit; 0 turns the rule off (default: %(default)s)")
