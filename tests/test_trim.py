@@ -121,15 +121,17 @@ def _stripes():
     return (0.5 + 0.4 * np.sin(x / 3.0) * np.cos(y / 5.0)).astype(np.float32)
 
 
-def test_a_trimmed_fit_meets_the_target_with_fewer_kernels():
+@pytest.mark.parametrize("mode", ["smoe", "rbf"])
+def test_a_trimmed_fit_meets_the_target_with_fewer_kernels(mode):
     image, target = _stripes(), 32.0
-    spec = FitSpec(target_psnr=target, seed=1, min_gain=None, iters=1500).growing(image.shape)
+    spec = FitSpec(target_psnr=target, seed=1, min_gain=None, iters=1500, mode=mode).growing(image.shape)
     trimmed = fit(image, spec=spec)
     grown = fit(image, spec=spec.replace(trim=None))
     for result in (trimmed, grown):
         assert result.stop_reason == "target_psnr" and result.final_psnr >= target
     assert len(trimmed.model) < 0.9 * len(grown.model)
-    again = rasterize(trimmed.model.mu, trimmed.model.chol, trimmed.model.pi, trimmed.model.experts, 48, 48)
+    again = rasterize(trimmed.model.mu, trimmed.model.chol, trimmed.model.pi, trimmed.model.experts, 48, 48,
+                      mode=mode)
     mse = float(torch.nn.functional.mse_loss(again[..., 0], torch.from_numpy(image)))
     assert -10 * math.log10(mse) == pytest.approx(trimmed.final_psnr, abs=1e-6)
     assert trimmed.history[-1]["kernels"] == len(trimmed.model)
