@@ -15,7 +15,9 @@
 4. **Trim.** While the stream is over the budget, the kernels that matter
    least (smallest gate times area) are dropped, by bisection on how many,
    so the file lands just below the budget; what is dropped never changes
-   the symbols of the others, so the reported render is the decoder's.
+   the symbols of the others, so the reported render is the decoder's.  A
+   stream that holds every kernel and still falls short of the rate takes
+   finer steps instead (down to half), the finest that fit.
 
 ``kernels=N`` skips stage 1 and 4; ``target_psnr=P`` grows the model until
 the float fit reaches ``P`` plus the expected quantization loss.
@@ -45,6 +47,9 @@ KERNEL_BITS_BESIDES_CENTRE = 31.0
 SPARE = 1.08
 #: Share of the budget below which a stream is reported as short of its rate.
 RATE_TOLERANCE = 0.97
+#: Finest step factor a stream short of its rate may take, and the bisection probes that find it.
+MIN_STEP_SCALE = 0.5
+STEP_SCALE_PROBES = 6
 #: Share of the budget the pre-fine-tuning trim aims at, leaving room for fine-tuning to change the bits.
 TRIM_AIM = 0.985
 #: Share of the time budget spent on the float fit; the rest fine-tunes under quantization.
@@ -177,6 +182,9 @@ def compress(image, *, bpp: float | None = None, kernels: int | None = None, tar
     float_psnr = _psnr(img, start)
     tuned = _finetune(img, start.model, fit_result.spec, steps, (1 - FIT_SHARE) * seconds, quiet)
     data, sizes, fitted = _encode(dataclasses.replace(tuned.fitted, spec=None), steps, budget)
+    if budget is not None and len(data) < RATE_TOLERANCE * budget:
+        steps = _finest_steps(fitted, steps, budget)
+        data, sizes, fitted = _encode(dataclasses.replace(tuned.fitted, spec=None), steps, budget)
     history = fit_result.history + [dict(r, stage="finetune") for r in tuned.history]
     if budget is not None and len(data) < RATE_TOLERANCE * budget:
         warnings.warn(f"the stream takes {len(data)} of {budget} bytes: the fit reached only "
@@ -213,6 +221,28 @@ def _encode(fitted, steps, budget):
     fitted, symbols = _trimmed(fitted, steps, budget)
     data, sizes = _write(fitted, steps, symbols)
     return data, sizes, decode(data)
+
+
+def _finest_steps(fitted, steps, budget):
+    """The finest of ``steps`` scaled by at most :data:`MIN_STEP_SCALE` at which every kernel of ``fitted`` still fits.
+
+    A fit that reached its whole count and still leaves the stream short of
+    the rate spends the rest on precision: bisection on a log scale of the
+    step factor, each probe a full write of the stream.
+    """
+    arrays = fitted.model.numpy()
+
+    def fits(factor):
+        finer = steps.scaled(factor)
+        return len(_write(fitted, finer, quantize(arrays, fitted.frame, fitted.mode, finer))[0]) <= budget
+
+    if fits(MIN_STEP_SCALE):
+        return steps.scaled(MIN_STEP_SCALE)
+    lo, hi = math.log(MIN_STEP_SCALE), 0.0  # lo overflows the budget, hi (the steps as they are) fits
+    for _ in range(STEP_SCALE_PROBES):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(math.exp(mid)) else (mid, hi)
+    return steps.scaled(math.exp(hi))
 
 
 def _trimmed(fitted, steps, budget):
