@@ -181,10 +181,11 @@ def compress(image, *, bpp: float | None = None, kernels: int | None = None, tar
                      None if budget is None else int(TRIM_AIM * budget))[0]
     float_psnr = _psnr(img, start)
     tuned = _finetune(img, start.model, fit_result.spec, steps, (1 - FIT_SHARE) * seconds, quiet)
-    data, sizes, fitted = _encode(dataclasses.replace(tuned.fitted, spec=None), steps, budget)
+    tuned_fitted = dataclasses.replace(tuned.fitted, spec=None)
+    data, sizes, fitted = _encode(tuned_fitted, steps, budget)
     if budget is not None and len(data) < RATE_TOLERANCE * budget:
-        steps = _finest_steps(fitted, steps, budget)
-        data, sizes, fitted = _encode(dataclasses.replace(tuned.fitted, spec=None), steps, budget)
+        steps = _finest_steps(tuned_fitted, steps, budget)
+        data, sizes, fitted = _encode(tuned_fitted, steps, budget)
     history = fit_result.history + [dict(r, stage="finetune") for r in tuned.history]
     if budget is not None and len(data) < RATE_TOLERANCE * budget:
         warnings.warn(f"the stream takes {len(data)} of {budget} bytes: the fit reached only "
@@ -230,11 +231,10 @@ def _finest_steps(fitted, steps, budget):
     the rate spends the rest on precision: bisection on a log scale of the
     step factor, each probe a full write of the stream.
     """
-    arrays = fitted.model.numpy()
-
     def fits(factor):
         finer = steps.scaled(factor)
-        return len(_write(fitted, finer, quantize(arrays, fitted.frame, fitted.mode, finer))[0]) <= budget
+        kept, symbols = _trimmed(fitted, finer, None)  # every kernel, quantized as _encode would
+        return len(_write(kept, finer, symbols)[0]) <= budget
 
     if fits(MIN_STEP_SCALE):
         return steps.scaled(MIN_STEP_SCALE)

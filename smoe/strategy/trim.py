@@ -95,8 +95,8 @@ class TrimToTarget(Strategy):
     """
 
     def __init__(self, target_psnr: float, share: float = 0.1, *, patience: int = 100, min_share: float = 0.01):
-        self.target, self.share, self.patience, self.min_share = float(target_psnr), float(share), int(patience), \
-            float(min_share)
+        self.target, self.share = float(target_psnr), float(share)
+        self.patience, self.min_share = int(patience), float(min_share)
         self.since = None  # the step of the last trim, None before the target was first met
         self.done = False
 
