@@ -126,6 +126,29 @@ def test_rate_lands_at_most_three_percent_below_the_budget(image, compressed):
     assert compressed.psnr > 30 and compressed.float_psnr > 30
 
 
+def _stream_bytes(fitted, steps):
+    from smoe.codec.encoder import _trimmed, _write
+
+    kept, symbols = _trimmed(fitted, steps, None)
+    return len(_write(kept, steps, symbols)[0])
+
+
+def test_a_stream_short_of_its_rate_takes_the_finest_steps_that_fit():
+    from smoe.codec.encoder import MIN_STEP_SCALE, _finest_steps
+    from smoe.fitted import FittedModel
+
+    fitted = FittedModel(random_model(60, 24, 40, seed=3), (24, 40), "smoe", "raster", (0, 0), None, 16)
+    steps = Steps()
+    coarse, finest = _stream_bytes(fitted, steps), _stream_bytes(fitted, steps.scaled(MIN_STEP_SCALE))
+    assert coarse < finest
+    budget = (coarse + finest) // 2
+    chosen = _finest_steps(fitted, steps, budget)
+    scale = chosen.position / steps.position
+    assert MIN_STEP_SCALE < scale < 1 and np.allclose(chosen.astuple(), steps.scaled(scale).astuple())
+    assert _stream_bytes(fitted, chosen) <= budget < _stream_bytes(fitted, steps.scaled(0.95 * scale))
+    assert _finest_steps(fitted, steps, finest) == steps.scaled(MIN_STEP_SCALE)
+
+
 def test_decoded_model_renders_at_any_size(compressed):
     assert decode(compressed.data).render(scale=2).shape == (96, 128, 3)
 
