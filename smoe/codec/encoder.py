@@ -195,13 +195,14 @@ def compress(image, *, bpp: float | None = None, kernels: int | None = None, tar
 
 def _fit(img, kernels, target_psnr, seconds, seed, quiet):
     from ..fitting import fit
-    from ..spec import FitSpec
+    from ..spec import ALLOCATION_RATES, FitSpec
 
+    rates = {**ALLOCATION_RATES, "lr_pi": 0.0}  # what benchmarks/results/codec was measured with
     if target_psnr is not None:
         spec = FitSpec(target_psnr=min(60.0, target_psnr + EXPECTED_LOSS), seed=seed, time_budget=seconds,
-                       lr_pi=0.0).growing(img.shape[:2])
+                       **rates).growing(img.shape[:2])
         return fit(img, spec=spec, quiet=quiet)
-    return fit(img, kernels, seed=seed, time_budget=seconds, grow_every=GROW_EVERY, lr_pi=0.0, quiet=quiet)
+    return fit(img, kernels, seed=seed, time_budget=seconds, grow_every=GROW_EVERY, quiet=quiet, **rates)
 
 
 def _finetune(img, model, spec, steps, seconds, quiet):

@@ -29,7 +29,7 @@ import torch
 from ..fitting import converged, psnr_from_mse
 from ..parameters import KernelLeaves, learning_rates
 from ..sizes import TILE, check_tile_size
-from ..spec import FitSpec, MODES
+from ..spec import ALLOCATION_RATES, FitSpec, MODES
 from ..strategy import FitState, PruneDead
 from ..validate import check_choice, check_finite, is_whole
 from .extent import FloorTimeExtent
@@ -42,7 +42,6 @@ __all__ = ["VideoFitSpec", "VideoFitResult", "fit_video", "as_clip", "WINDOW_VOX
 
 #: Voxels (frames x pixels) per window by default: about 200 MB per float32 RGB copy of a window.
 WINDOW_VOXELS = 1 << 24
-_RATES = {name: getattr(FitSpec, name) for name in ("lr_mu", "lr_mu_final", "lr_chol", "lr_pi", "lr_experts")}
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class VideoFitSpec:
     min_gain : stop a window once its PSNR gains less than this many dB per
         second (:func:`smoe.fitting.converged`); None to run to ``iters``.
     lam, prune_every : L1 weight on the gates and steps between prunings (SMoE).
-    lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts : Adam rates, the 2D defaults.
+    lr_mu, lr_mu_final, lr_chol, lr_pi, lr_experts : Adam rates (:data:`smoe.spec.ALLOCATION_RATES`).
     aspect : starting ratio of a kernel's extent along t to its extent across.
     min_sigma_t : floor on each kernel's standard deviation along t at a fixed pixel, in frames
         (:class:`~smoe.video.extent.FloorTimeExtent`); None leaves it free.
@@ -79,11 +78,11 @@ class VideoFitSpec:
     min_gain: float | None = 0.01
     lam: float = 0.0
     prune_every: int = 100
-    lr_mu: float = _RATES["lr_mu"]
-    lr_mu_final: float = _RATES["lr_mu_final"]
-    lr_chol: float = _RATES["lr_chol"]
-    lr_pi: float = _RATES["lr_pi"]
-    lr_experts: float = _RATES["lr_experts"]
+    lr_mu: float = ALLOCATION_RATES["lr_mu"]
+    lr_mu_final: float = ALLOCATION_RATES["lr_mu_final"]
+    lr_chol: float = ALLOCATION_RATES["lr_chol"]
+    lr_pi: float = ALLOCATION_RATES["lr_pi"]
+    lr_experts: float = ALLOCATION_RATES["lr_experts"]
     aspect: float = 2.0
     min_sigma_t: float | None = None
     tile: int = TILE
@@ -109,7 +108,7 @@ class VideoFitSpec:
             if not (is_whole(value) and value >= low):
                 raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_finite("lam", self.lam, low=0)
-        for name in _RATES:
+        for name in ALLOCATION_RATES:
             check_finite(name, getattr(self, name), low=0)
         check_finite("aspect", self.aspect, low=0, low_open=True)
         if self.min_sigma_t is not None:
