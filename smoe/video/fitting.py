@@ -29,7 +29,7 @@ import torch
 from ..fitting import converged, psnr_from_mse
 from ..parameters import KernelLeaves, learning_rates
 from ..sizes import TILE, check_tile_size
-from ..spec import ALLOCATION_RATES, FitSpec, MODES
+from ..spec import ALLOCATION_RATES, MODES
 from ..strategy import FitState, PruneDead
 from ..validate import check_choice, check_finite, is_whole
 from .extent import FloorTimeExtent
