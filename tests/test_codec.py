@@ -126,15 +126,8 @@ def test_rate_lands_at_most_three_percent_below_the_budget(image, compressed):
     assert compressed.psnr > 30 and compressed.float_psnr > 30
 
 
-def _stream_bytes(fitted, steps):
-    from smoe.codec.encoder import _trimmed, _write
-
-    kept, symbols = _trimmed(fitted, steps, None)
-    return len(_write(kept, steps, symbols)[0])
-
-
 def test_a_stream_short_of_its_rate_takes_the_finest_steps_that_fit():
-    from smoe.codec.encoder import MIN_STEP_SCALE, _finest_steps
+    from smoe.codec.encoder import MIN_STEP_SCALE, _finest_steps, _stream_bytes
     from smoe.fitted import FittedModel
 
     fitted = FittedModel(random_model(60, 24, 40, seed=3), (24, 40), "smoe", "raster", (0, 0), None, 16)

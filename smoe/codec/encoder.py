@@ -233,9 +233,7 @@ def _finest_steps(fitted, steps, budget):
     step factor, each probe a full write of the stream.
     """
     def fits(factor):
-        finer = steps.scaled(factor)
-        kept, symbols = _trimmed(fitted, finer, None)  # every kernel, quantized as _encode would
-        return len(_write(kept, finer, symbols)[0]) <= budget
+        return _stream_bytes(fitted, steps.scaled(factor)) <= budget
 
     if fits(MIN_STEP_SCALE):
         return steps.scaled(MIN_STEP_SCALE)
@@ -244,6 +242,12 @@ def _finest_steps(fitted, steps, budget):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if fits(math.exp(mid)) else (mid, hi)
     return steps.scaled(math.exp(hi))
+
+
+def _stream_bytes(fitted, steps) -> int:
+    """Bytes of the stream of every kernel of ``fitted`` at ``steps``, quantized as :func:`_encode` codes them."""
+    kept, symbols = _trimmed(fitted, steps, None)
+    return len(_write(kept, steps, symbols)[0])
 
 
 def _trimmed(fitted, steps, budget):
